@@ -1,0 +1,255 @@
+# =============================================================================
+# GENERATED FILE - DO NOT EDIT. Edit the notebook and run `make export-handler`.
+# Source notebook: notebooks/handler_dev.ipynb
+# Source cells (in order): imports, settings, engine, validation, handler
+# `make check-handler` fails when this file is out of date with the notebook.
+# =============================================================================
+
+
+# %% cell 4 (id imports)
+import os
+import uuid
+
+import runpod
+from vllm import AsyncEngineArgs, AsyncLLMEngine, SamplingParams
+from vllm.platforms import current_platform
+from vllm.sampling_params import RequestOutputKind
+
+
+# %% cell 5 (id settings)
+# Engine settings come from environment variables named after vLLM's flags, as in
+# Runpod's official vLLM worker. A bad value stops start-up with a clear message.
+ON_CPU = current_platform.is_cpu()
+
+
+def _env(name, parse, default, check=None, expected=""):
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = parse(raw)
+    except ValueError:
+        raise SystemExit(f"{name}={raw!r} is not valid: expected {expected}") from None
+    if check is not None and not check(value):
+        raise SystemExit(f"{name}={raw!r} is not valid: expected {expected}")
+    return value
+
+
+def _bool(raw):
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)
+
+
+MODEL = os.environ.get("MODEL", "").strip()
+MAX_MODEL_LEN = _env("MAX_MODEL_LEN", int, None, lambda v: v >= 16, "an integer >= 16")
+CONCURRENCY_MODIFIER = _env("CONCURRENCY_MODIFIER", int, 1, lambda v: 1 <= v <= 1024,
+                            "an integer from 1 to 1024")
+DEFAULT_MAX_TOKENS = _env("DEFAULT_MAX_TOKENS", int, 512, lambda v: v >= 1, "an integer >= 1")
+ENGINE_ARGS = dict(
+    model=MODEL,
+    max_model_len=MAX_MODEL_LEN,
+    # float32 batches 4x faster than bfloat16 on a CPU without native bf16.
+    dtype=_env("DTYPE", str, "float32" if ON_CPU else "auto", None, "a dtype"),
+    # On the CPU, graph capture costs minutes at start-up and gains little.
+    enforce_eager=_env("ENFORCE_EAGER", _bool, ON_CPU, None, "true or false"),
+    # On the CPU this is the share of host memory vLLM reserves; the default 0.92 fails.
+    gpu_memory_utilization=_env("GPU_MEMORY_UTILIZATION", float, 0.3 if ON_CPU else 0.90,
+                                lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    max_num_seqs=_env("MAX_NUM_SEQS", int, None, lambda v: v >= 1, "an integer >= 1"),
+    tensor_parallel_size=_env("TENSOR_PARALLEL_SIZE", int, 1, lambda v: v >= 1,
+                              "an integer >= 1"),
+    quantization=_env("QUANTIZATION", str, None, None, "a quantization method"),
+    enable_prefix_caching=_env("ENABLE_PREFIX_CACHING", _bool, None, None, "true or false"),
+    trust_remote_code=_env("TRUST_REMOTE_CODE", _bool, False, None, "true or false"),
+)
+if ON_CPU:
+    # GiB of KV cache on the CPU build; vLLM's engine process reads it at start.
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+
+
+# %% cell 6 (id engine)
+_engine = None
+
+
+def load_engine():
+    """Start vLLM once per process: under __main__ or on the first job, never at import."""
+    global _engine
+    if _engine is None:
+        if not MODEL:
+            raise SystemExit("MODEL is not set: point it at a model folder or a baked model")
+        args = {k: v for k, v in ENGINE_ARGS.items() if v is not None}
+        _engine = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(**args))
+    return _engine
+
+
+# %% cell 7 (id validation)
+class InputError(ValueError):
+    """Bad job input; the message names the field and what was expected."""
+
+
+ANSWER_TYPES = ("stream", "normal")
+INPUT_FIELDS = ("prompt", "messages", "answerType", "sampling_params")
+ROLES = ("system", "user", "assistant")
+_NUM = (int, float)
+# name: (accepted types, check, what was expected)
+SAMPLING_FIELDS = {
+    "max_tokens": (int, lambda v: v >= 1, "an integer >= 1"),
+    "min_tokens": (int, lambda v: v >= 0, "an integer >= 0"),
+    "temperature": (_NUM, lambda v: 0 <= v <= 10, "a number from 0 to 10"),
+    "top_p": (_NUM, lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    "top_k": (int, lambda v: v == -1 or v >= 0, "-1 (off) or an integer >= 0"),
+    "min_p": (_NUM, lambda v: 0 <= v <= 1, "a number from 0 to 1"),
+    "presence_penalty": (_NUM, lambda v: -2 <= v <= 2, "a number from -2 to 2"),
+    "frequency_penalty": (_NUM, lambda v: -2 <= v <= 2, "a number from -2 to 2"),
+    "repetition_penalty": (_NUM, lambda v: 0 < v <= 2, "a number in (0, 2]"),
+    "seed": (int, lambda v: 0 <= v < 2**63, "an integer >= 0"),
+    "stop": ((str, list), lambda v: _is_stop(v), "a string or a list of up to 16 strings"),
+}
+
+
+def _is_stop(value):
+    if isinstance(value, str):
+        return 0 < len(value) <= 1000
+    return len(value) <= 16 and all(isinstance(s, str) and 0 < len(s) <= 1000 for s in value)
+
+
+def _type_name(value):
+    return {dict: "object", list: "array", str: "string", bool: "boolean",
+            type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _check_text(field, value):
+    if not isinstance(value, str):
+        raise InputError(f"{field} must be a string, got {_type_name(value)}")
+    if not value.strip():
+        raise InputError(f"{field} must not be empty")
+    if "\x00" in value:
+        raise InputError(f"{field} must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError(f"{field} is not valid Unicode (it holds a lone surrogate)") from None
+    return value
+
+
+def parse_input(raw):
+    """Validate a job's input; return (prompt or messages, stream?, sampling dict)."""
+    if not isinstance(raw, dict):
+        raise InputError(f"input must be a JSON object, got {_type_name(raw)}")
+    unknown = sorted(set(raw) - set(INPUT_FIELDS))
+    if unknown:
+        raise InputError(f"unknown field input.{unknown[0]}; expected some of {', '.join(INPUT_FIELDS)}")
+    if ("prompt" in raw) == ("messages" in raw):
+        raise InputError("input needs exactly one of input.prompt (a string) or input.messages")
+    if "prompt" in raw:
+        source = _check_text("input.prompt", raw["prompt"])
+    else:
+        messages = raw["messages"]
+        if not isinstance(messages, list) or not messages:
+            raise InputError("input.messages must be a non-empty array of {role, content} objects")
+        for i, m in enumerate(messages):
+            if not isinstance(m, dict) or set(m) != {"role", "content"}:
+                raise InputError(f"input.messages[{i}] must be an object with exactly role and content")
+            if m["role"] not in ROLES:
+                raise InputError(f"input.messages[{i}].role must be one of {', '.join(ROLES)}")
+            _check_text(f"input.messages[{i}].content", m["content"])
+        source = messages
+    answer_type = raw.get("answerType", "normal")
+    if answer_type not in ANSWER_TYPES:
+        raise InputError(f"input.answerType must be 'stream' or 'normal', got {answer_type!r:.40}")
+    sampling = raw.get("sampling_params", {})
+    if not isinstance(sampling, dict):
+        raise InputError(f"input.sampling_params must be an object, got {_type_name(sampling)}")
+    for name, value in sampling.items():
+        if name not in SAMPLING_FIELDS:
+            raise InputError(f"unknown field input.sampling_params.{name:.40}; expected some of "
+                             + ", ".join(SAMPLING_FIELDS))
+        types, check, expected = SAMPLING_FIELDS[name]
+        # bool is an int in Python, but true is no token count.
+        if isinstance(value, bool) or not isinstance(value, types) or not check(value):
+            raise InputError(f"input.sampling_params.{name} must be {expected}, got {value!r:.40}")
+    return source, answer_type == "stream", dict(sampling)
+
+
+def tokenize(engine, source):
+    """Token ids for a prompt or chat messages; checks them against MAX_MODEL_LEN."""
+    limit = engine.model_config.max_model_len
+    field = "input.prompt" if isinstance(source, str) else "input.messages"
+    chars = len(source) if isinstance(source, str) else sum(len(m["content"]) for m in source)
+    if chars > 64 * limit:  # far too long: refuse before spending time tokenizing it
+        raise InputError(f"{field} is {chars} characters, far over MAX_MODEL_LEN={limit} tokens")
+    tokenizer = engine.get_tokenizer()
+    if isinstance(source, str):
+        ids = tokenizer.encode(source)
+    else:
+        text = tokenizer.apply_chat_template(source, tokenize=False, add_generation_prompt=True)
+        ids = tokenizer.encode(text, add_special_tokens=False)
+    if len(ids) >= limit:
+        raise InputError(f"{field} is {len(ids)} tokens; MAX_MODEL_LEN={limit} leaves no room to answer")
+    return ids
+
+
+def sampling_params(sampling, prompt_len, limit, stream):
+    sampling = dict(sampling)
+    max_tokens = sampling.pop("max_tokens", DEFAULT_MAX_TOKENS)
+    if max_tokens > limit:
+        raise InputError(f"input.sampling_params.max_tokens must be at most MAX_MODEL_LEN={limit}, "
+                         f"got {max_tokens}")
+    return SamplingParams(
+        # Never run past the context window: the answer gets what the prompt leaves.
+        max_tokens=min(max_tokens, limit - prompt_len),
+        # DELTA: each output holds only new text. When the worker is busy posting a
+        # chunk, vLLM merges the deltas that arrive meanwhile, so chunks grow with
+        # the client's latency: the first token goes out at once, and a long answer
+        # needs far fewer HTTP posts than tokens.
+        output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY,
+        **sampling,
+    )
+
+
+# %% cell 8 (id handler)
+async def handler(job):
+    """Runpod entry point. Yields {"text": part} chunks (stream) or one {"text": full}.
+
+    Bad input yields one {"error": ...}, which fails the job; the worker goes on.
+    """
+    try:
+        source, stream, sampling = parse_input(job.get("input"))
+        engine = load_engine()
+        prompt_ids = tokenize(engine, source)
+        params = sampling_params(sampling, len(prompt_ids), engine.model_config.max_model_len,
+                                 stream)
+    except InputError as err:
+        yield {"error": str(err)}
+        return
+    request_id = f"{job.get('id', 'job')}-{uuid.uuid4().hex[:8]}"
+    # If the job is cancelled, the CancelledError raised at an await in here makes
+    # vLLM abort the request, which frees its slot in the batch.
+    outputs = engine.generate({"prompt_token_ids": prompt_ids}, params, request_id)
+    if stream:
+        async for output in outputs:
+            if output.outputs[0].text:
+                yield {"text": output.outputs[0].text}
+    else:
+        final = None
+        async for final in outputs:
+            pass
+        yield {"text": final.outputs[0].text}
+
+
+# %% worker start-up (from handler_template/handler.py.j2)
+if __name__ == "__main__":
+    # Start vLLM before taking jobs, so the first job does not pay for it.
+    load_engine()
+    runpod.serverless.start(
+        {
+            "handler": handler,
+            # Called on every job-fetch loop: how many jobs this worker runs at once.
+            "concurrency_modifier": lambda current: CONCURRENCY_MODIFIER,
+            # The job's final output is the list of chunks it streamed.
+            "return_aggregate_stream": True,
+        }
+    )

@@ -1,0 +1,232 @@
+"""Export the notebook's `export`-tagged cells into handler.py, with nbconvert.
+
+    python -m llmkit.export notebooks/handler_dev.ipynb -o build/handler.py [--check]
+
+The tag vocabulary is closed: on a code cell, `export` (goes into handler.py),
+`parameters` and papermill's `injected-parameters`; any other tag is an error. An
+exported cell must be plain Python: no IPython magics, shell escapes or `obj?`,
+no syntax errors, no undefined names. Together the cells must define an async
+generator `handler(job)`, `CONCURRENCY_MODIFIER` and `load_engine()`, which the
+template's footer uses. Every problem names the notebook, the cell and the line.
+
+The output is deterministic (no execution counts, no timestamps), so `--check`
+can compare it byte for byte with the committed file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import difflib
+import os
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import nbformat
+from nbconvert.exporters import TemplateExporter
+from nbconvert.preprocessors import Preprocessor
+
+from llmkit.paths import REPO_ROOT
+
+EXPORT_TAG = "export"
+KNOWN_TAGS = frozenset({EXPORT_TAG, "parameters", "injected-parameters"})
+TEMPLATE_DIR = REPO_ROOT / "handler_template"
+TEMPLATE_FILE = "handler.py.j2"
+# Names the template's footer uses; the exported cells must define them.
+FOOTER_NAMES = ("handler", "load_engine", "CONCURRENCY_MODIFIER", "runpod")
+_CELL_MARKER = re.compile(r"^# %% cell (\d+) \(id (.+)\)$")
+
+
+@dataclass(frozen=True)
+class Problem:
+    notebook: str
+    message: str
+    cell_index: int | None = None
+    cell_id: str | None = None
+    line: int | None = None
+
+    def __str__(self) -> str:
+        where = self.notebook
+        if self.cell_index is not None:
+            where += f": cell {self.cell_index} (id {self.cell_id})"
+        if self.line is not None:
+            where += f", line {self.line}"
+        return f"{where}: {self.message}"
+
+
+class ExportError(Exception):
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        super().__init__("\n".join(map(str, problems)))
+
+
+class KeepExportCells(Preprocessor):
+    """Keep only code cells tagged `export`; refuse tags outside the vocabulary."""
+
+    def preprocess(self, nb, resources):
+        problems, kept = resources["problems"], []
+        for index, cell in enumerate(nb.cells):
+            if cell.cell_type != "code":
+                continue
+            tags = cell.metadata.get("tags", [])
+            for tag in tags:
+                if tag not in KNOWN_TAGS:
+                    problems.append(Problem(
+                        resources["source_notebook"],
+                        f"unknown tag {tag!r}; code cells may carry only "
+                        + ", ".join(sorted(KNOWN_TAGS)),
+                        index, cell.get("id"), None))
+            if EXPORT_TAG in tags:
+                cell.metadata["export_index"] = index
+                cell.source = cell.source.rstrip() + "\n"
+                problems.extend(_check_cell(resources["source_notebook"], cell))
+                kept.append(cell)
+        nb.cells = kept
+        return nb, resources
+
+
+def _check_cell(notebook: str, cell) -> list[Problem]:
+    """Magics and syntax errors, located in the cell."""
+    from IPython.core.inputtransformer2 import TransformerManager
+
+    index, cid, src = cell.metadata["export_index"], cell.get("id"), cell.source
+    here = dict(notebook=notebook, cell_index=index, cell_id=cid)
+    # IPython rewrites %magic, !shell, x = !cmd and obj? into get_ipython() calls;
+    # any rewrite means the cell is not plain Python.
+    transformed = TransformerManager().transform_cell(src)
+    if transformed.rstrip() != src.rstrip():
+        before, after = src.splitlines(), transformed.splitlines()
+        matcher = difflib.SequenceMatcher(a=before, b=after, autojunk=False)
+        first = next(op for op in matcher.get_opcodes() if op[0] != "equal")
+        line = min(first[1] + 1, len(before))
+        return [Problem(**here, line=line, message=(
+            f"IPython magic, shell escape or help syntax in an exported cell: "
+            f"{before[line - 1].strip()!r}; exported cells must be plain Python"))]
+    try:
+        compile(src, f"{notebook} cell {index}", "exec", dont_inherit=True)
+    except SyntaxError as err:
+        return [Problem(**here, line=err.lineno, message=f"syntax error: {err.msg}")]
+    return []
+
+
+def _locate(rendered: str, notebook: str, file_line: int) -> dict:
+    """Map a line of the rendered file back to its notebook cell."""
+    lines = rendered.splitlines()
+    for i in range(min(file_line, len(lines)) - 1, -1, -1):
+        if lines[i].startswith("# %% worker start-up"):
+            return dict(notebook=f"{notebook} (footer of {TEMPLATE_DIR.name}/{TEMPLATE_FILE})",
+                        line=file_line - i - 1)
+        match = _CELL_MARKER.match(lines[i])
+        if match:
+            return dict(notebook=notebook, cell_index=int(match[1]), cell_id=match[2],
+                        line=file_line - i - 1)
+    return dict(notebook=notebook, line=file_line)
+
+
+def _check_file(rendered: str, notebook: str) -> list[Problem]:
+    """Undefined names (pyflakes) and the handler contract, on the whole file."""
+    from pyflakes import checker, messages
+
+    tree = ast.parse(rendered)
+    problems = []
+    undefined = (messages.UndefinedName, messages.UndefinedLocal, messages.UndefinedExport)
+    for msg in checker.Checker(tree, filename="handler.py").messages:
+        if isinstance(msg, undefined):
+            text = msg.message % msg.message_args
+            footer_hint = ""
+            if msg.message_args and msg.message_args[0] in FOOTER_NAMES:
+                footer_hint = " (the generated footer uses it: define it in an exported cell)"
+            problems.append(Problem(**_locate(rendered, notebook, msg.lineno),
+                                    message=text + footer_hint))
+    if problems:
+        return problems
+
+    handler = next((n for n in tree.body if getattr(n, "name", None) == "handler"), None)
+    if handler is None:
+        return [Problem(notebook, "no exported cell defines `async def handler(job)`; "
+                        "tag the cell that defines it with 'export'")]
+    is_generator = any(isinstance(n, (ast.Yield, ast.YieldFrom)) for n in _own_nodes(handler))
+    if not isinstance(handler, ast.AsyncFunctionDef) or not is_generator:
+        return [Problem(**_locate(rendered, notebook, handler.lineno), message=(
+            "`handler` must be an async generator (`async def handler(job):` that yields "
+            "chunks), so the worker can stream and run jobs concurrently"))]
+    return []
+
+
+def _own_nodes(func):
+    """Nodes of a function body, not descending into nested functions."""
+    stack = list(func.body)
+    while stack:
+        node = stack.pop()
+        yield node
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            stack.extend(ast.iter_child_nodes(node))
+
+
+def _display_path(path: Path) -> str:
+    """Path as shown in messages and the header: relative, so output is the same in every clone."""
+    try:
+        return os.path.relpath(path.resolve(), REPO_ROOT) if path.resolve().is_relative_to(
+            REPO_ROOT) else os.path.relpath(path.resolve())
+    except ValueError:
+        return path.name
+
+
+def export(notebook: Path) -> str:
+    """Return the text of handler.py for ``notebook``; raise ExportError on any problem."""
+    notebook = Path(notebook)
+    shown = _display_path(notebook)
+    try:
+        nb = nbformat.read(notebook, as_version=4)
+    except (OSError, ValueError) as err:
+        raise ExportError([Problem(shown, f"cannot read notebook: {err}")]) from err
+    exporter = TemplateExporter(extra_template_paths=[str(TEMPLATE_DIR)],
+                                template_file=TEMPLATE_FILE)
+    exporter.register_preprocessor(KeepExportCells(), enabled=True)
+    resources = {"problems": [], "source_notebook": shown}
+    rendered, resources = exporter.from_notebook_node(nb, resources=resources)
+    problems = resources["problems"]
+    if not any(EXPORT_TAG in c.metadata.get("tags", []) for c in nb.cells):
+        problems.append(Problem(shown, f"no code cell is tagged {EXPORT_TAG!r}"))
+    if not problems:
+        problems.extend(_check_file(rendered, shown))
+    if problems:
+        raise ExportError(problems)
+    return rendered.rstrip("\n") + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m llmkit.export", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("notebook", type=Path)
+    parser.add_argument("-o", "--output", type=Path, required=True)
+    parser.add_argument("--check", action="store_true",
+                        help="write nothing; fail if OUTPUT differs from a fresh export")
+    args = parser.parse_args(argv)
+    try:
+        text = export(args.notebook)
+    except ExportError as err:
+        for problem in err.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return 1
+    if args.check:
+        current = args.output.read_text() if args.output.is_file() else ""
+        if current != text:
+            diff = difflib.unified_diff(current.splitlines(), text.splitlines(),
+                                        str(args.output), "fresh export", lineterm="", n=1)
+            print("\n".join(list(diff)[:40]), file=sys.stderr)
+            print(f"error: {args.output} is out of date with {args.notebook}: "
+                  "run `make export-handler` and commit the result", file=sys.stderr)
+            return 1
+        print(f"{args.output} is up to date with {args.notebook}")
+        return 0
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(text)
+    print(f"wrote {args.output} from {args.notebook}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

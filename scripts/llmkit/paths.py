@@ -1,0 +1,12 @@
+"""Where the kit keeps what it makes: one cache directory, overridable by env."""
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def cache_dir() -> Path:
+    """`$LLMKIT_CACHE_DIR`, else `~/.cache/runpod-llm-kit`."""
+    root = os.environ.get("LLMKIT_CACHE_DIR") or Path.home() / ".cache" / "runpod-llm-kit"
+    return Path(root)
