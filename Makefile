@@ -63,6 +63,7 @@ demo: install export-handler
 	$(PY) -m llmkit.demo --model "$(MODEL)"
 
 test: install
+	$(PY) -m ruff check scripts tests
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: install

@@ -194,10 +194,10 @@ def tokenize(engine, source):
 
 def sampling_params(sampling, prompt_len, limit, stream):
     sampling = dict(sampling)
-    max_tokens = sampling.pop("max_tokens", DEFAULT_MAX_TOKENS)
-    if max_tokens > limit:
+    if sampling.get("max_tokens", 0) > limit:
         raise InputError(f"input.sampling_params.max_tokens must be at most MAX_MODEL_LEN={limit}, "
-                         f"got {max_tokens}")
+                         f"got {sampling['max_tokens']}")
+    max_tokens = sampling.pop("max_tokens", DEFAULT_MAX_TOKENS)
     return SamplingParams(
         # Never run past the context window: the answer gets what the prompt leaves.
         max_tokens=min(max_tokens, limit - prompt_len),

@@ -1,0 +1,137 @@
+"""The exported handler on the real vLLM CPU engine with the tiny model, in-process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+
+from llmkit import handler_module
+
+pytestmark = pytest.mark.engine
+MAX_MODEL_LEN = 256
+
+
+@pytest.fixture(scope="module")
+def handler(handler_path, tiny_model_dir):
+    """handler.py imported with the tiny model; one engine for the whole module."""
+    saved = dict(os.environ)
+    os.environ.update(MODEL=str(tiny_model_dir), MAX_MODEL_LEN=str(MAX_MODEL_LEN))
+    try:
+        module = handler_module.load(handler_path, "handler_under_test")
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    runner = asyncio.Runner()
+    module.load_engine()
+    module.run = lambda coro: runner.run(coro)
+    yield module
+    module._engine.shutdown()
+    runner.close()
+
+
+async def collect(handler, job_input, job_id="job"):
+    return [chunk async for chunk in handler.handler({"id": job_id, "input": job_input})]
+
+
+def run_job(handler, job_input):
+    return handler.run(collect(handler, job_input))
+
+
+@pytest.mark.parametrize("sampling", [
+    {"temperature": 0},                         # greedy
+    {"temperature": 0.9, "top_p": 0.9, "seed": 1234},  # seeded sampling
+])
+def test_stream_chunks_concatenate_to_the_normal_text(handler, sampling):
+    ask = {"prompt": "The quick brown fox",
+           "sampling_params": {"max_tokens": 24, "min_tokens": 24, **sampling}}
+    stream = run_job(handler, {**ask, "answerType": "stream"})
+    normal = run_job(handler, {**ask, "answerType": "normal"})
+    assert len(normal) == 1 and set(normal[0]) == {"text"}
+    assert all(set(c) == {"text"} and c["text"] for c in stream)
+    assert len(stream) > 1, "stream mode should yield more than one chunk"
+    assert "".join(c["text"] for c in stream) == normal[0]["text"]
+    assert normal[0]["text"]
+
+
+def test_answer_type_defaults_to_normal(handler):
+    out = run_job(handler, {"prompt": "Hello", "sampling_params": {"max_tokens": 8}})
+    assert len(out) == 1 and "text" in out[0]
+
+
+def test_chat_messages_use_the_chat_template(handler):
+    out = run_job(handler, {"messages": [{"role": "system", "content": "Be brief."},
+                                         {"role": "user", "content": "Hi there"}],
+                            "sampling_params": {"max_tokens": 8, "min_tokens": 8}})
+    assert len(out) == 1 and out[0]["text"]
+
+
+def test_default_max_tokens_is_useful_and_bounded_by_the_context(handler):
+    params = handler.sampling_params({}, prompt_len=10, limit=4096, stream=False)
+    assert params.max_tokens == handler.DEFAULT_MAX_TOKENS == 512  # not vLLM's 16
+    assert handler.sampling_params({}, 200, MAX_MODEL_LEN, False).max_tokens == MAX_MODEL_LEN - 200
+
+
+LONG_PROMPT = "fox dog " * 400  # several hundred tokens with the tiny tokenizer
+
+BAD_INPUTS = [
+    (None, "input must be a JSON object, got null"),
+    (["prompt"], "input must be a JSON object, got array"),
+    ({}, "exactly one of input.prompt"),
+    ({"prompt": ""}, "input.prompt must not be empty"),
+    ({"prompt": "   \n"}, "input.prompt must not be empty"),
+    ({"prompt": 42}, "input.prompt must be a string, got int"),
+    ({"prompt": None}, "input.prompt must be a string, got null"),
+    ({"prompt": "a\x00b"}, "input.prompt must not contain NUL"),
+    ({"prompt": "bad \ud800 surrogate"}, "input.prompt is not valid Unicode"),
+    ({"prompt": "hi", "messages": []}, "exactly one of input.prompt"),
+    ({"prompt": "hi", "answerType": "streaming"}, "input.answerType must be 'stream' or 'normal'"),
+    ({"prompt": "hi", "answer_type": "stream"}, "unknown field input.answer_type"),
+    ({"prompt": "hi", "sampling_params": "hot"}, "input.sampling_params must be an object"),
+    ({"prompt": "hi", "sampling_params": {"max_tokens": 0}},
+     "input.sampling_params.max_tokens must be an integer >= 1, got 0"),
+    ({"prompt": "hi", "sampling_params": {"max_tokens": -3}}, "max_tokens must be an integer >= 1"),
+    ({"prompt": "hi", "sampling_params": {"max_tokens": "10"}}, "max_tokens must be an integer"),
+    ({"prompt": "hi", "sampling_params": {"max_tokens": True}}, "max_tokens must be an integer"),
+    ({"prompt": "hi", "sampling_params": {"max_tokens": 10**9}},
+     "max_tokens must be at most MAX_MODEL_LEN=256"),
+    ({"prompt": "hi", "sampling_params": {"temperature": -1}},
+     "input.sampling_params.temperature must be a number from 0 to 10"),
+    ({"prompt": "hi", "sampling_params": {"top_p": 0}}, "top_p must be a number in (0, 1]"),
+    ({"prompt": "hi", "sampling_params": {"top_k": -7}}, "top_k must be -1 (off)"),
+    ({"prompt": "hi", "sampling_params": {"stop": [1, 2]}}, "stop must be a string or a list"),
+    ({"prompt": "hi", "sampling_params": {"best_of": 3}},
+     "unknown field input.sampling_params.best_of"),
+    ({"messages": "hello"}, "input.messages must be a non-empty array"),
+    ({"messages": [{"role": "user"}]}, "input.messages[0] must be an object with exactly role"),
+    ({"messages": [{"role": "wizard", "content": "x"}]}, "input.messages[0].role must be one of"),
+    ({"messages": [{"role": "user", "content": ""}]},
+     "input.messages[0].content must not be empty"),
+    ({"prompt": LONG_PROMPT}, "tokens; MAX_MODEL_LEN=256 leaves no room"),
+    ({"prompt": "x" * 100_000}, "input.prompt is 100000 characters, far over MAX_MODEL_LEN=256"),
+]
+
+
+@pytest.mark.parametrize("job_input, expected", BAD_INPUTS,
+                         ids=[e[:40] for _, e in BAD_INPUTS])
+def test_bad_input_yields_one_error_naming_the_field(handler, job_input, expected):
+    out = run_job(handler, job_input)
+    assert len(out) == 1 and set(out[0]) == {"error"}, out
+    assert expected in out[0]["error"]
+
+
+def test_eight_concurrent_jobs_all_complete(handler):
+    async def eight():
+        jobs = [collect(handler, {"prompt": f"job number {i}", "answerType": "stream",
+                                  "sampling_params": {"max_tokens": 16, "min_tokens": 16,
+                                                      "temperature": 0.8, "seed": i}},
+                        job_id=f"job-{i}")
+                for i in range(8)]
+        return await asyncio.gather(*jobs)
+
+    results = handler.run(eight())
+    assert len(results) == 8
+    for chunks in results:
+        assert chunks and all("text" in c for c in chunks)
+        assert "".join(c["text"] for c in chunks)
