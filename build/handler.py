@@ -211,6 +211,11 @@ def sampling_params(sampling, prompt_len, limit, stream):
 
 
 # %% cell 8 (id handler)
+import asyncio
+
+_aborts = set()  # abort tasks in flight (the event loop keeps only weak references)
+
+
 async def handler(job):
     """Runpod entry point. Yields {"text": part} chunks (stream) or one {"text": full}.
 
@@ -225,31 +230,86 @@ async def handler(job):
     except InputError as err:
         yield {"error": str(err)}
         return
-    request_id = f"{job.get('id', 'job')}-{uuid.uuid4().hex[:8]}"
-    # If the job is cancelled, the CancelledError raised at an await in here makes
-    # vLLM abort the request, which frees its slot in the batch.
+    job_id = job.get("id", "job")
+    request_id = f"{job_id}-{uuid.uuid4().hex[:8]}"
+    # The SDK stops a cancelled or timed-out job by cancelling its asyncio task. If that
+    # lands at an await inside vLLM's generate(), vLLM aborts the request itself. But it
+    # often lands while the SDK posts a chunk, with this generator left suspended and
+    # vLLM still generating for nobody. So tie the request to the job's task: when the
+    # task ends cancelled before the answer is complete, abort the request in vLLM.
+    finished = False
+
+    def abort_if_cancelled(task):
+        if task.cancelled() and not finished:
+            abort = asyncio.ensure_future(_abort(engine, request_id, job_id))
+            _aborts.add(abort)
+            abort.add_done_callback(_aborts.discard)
+
+    task = asyncio.current_task()
+    if task is not None:
+        task.add_done_callback(abort_if_cancelled)
     outputs = engine.generate({"prompt_token_ids": prompt_ids}, params, request_id)
     if stream:
         async for output in outputs:
             if output.outputs[0].text:
                 yield {"text": output.outputs[0].text}
+        finished = True
     else:
         final = None
         async for final in outputs:
             pass
+        finished = True
         yield {"text": final.outputs[0].text}
 
 
+async def _abort(engine, request_id, job_id):
+    await engine.abort(request_id)  # a no-op if vLLM already aborted or finished it
+    processor = getattr(engine, "output_processor", None)
+    running = processor.get_num_unfinished_requests() if processor is not None else "?"
+    print(f"job {job_id} stopped: vLLM request {request_id} aborted "
+          f"({running} request(s) still running)", flush=True)
+
+
 # %% worker start-up (from handler_template/handler.py.j2)
+def _exit_when_engine_dies(engine, stopping, interval=1.0):
+    """Exit non-zero soon after vLLM's engine dies, so Runpod replaces this worker.
+
+    Otherwise the worker would stay up, taking jobs and failing every one of them.
+    `stopping` is set on a requested shutdown, when vLLM stops its engine on purpose.
+    """
+    import os
+    import sys
+    import threading
+    import time
+
+    def watch():
+        while not engine.errored:
+            time.sleep(interval)
+        if stopping.is_set():
+            return
+        print("vLLM engine died: exiting so the platform replaces this worker",
+              file=sys.stderr, flush=True)
+        time.sleep(2 * interval)  # let the failed job's result go out first
+        os._exit(1)
+
+    threading.Thread(target=watch, name="engine-watchdog", daemon=True).start()
+
+
 if __name__ == "__main__":
+    import threading
+
+    stopping = threading.Event()
     # Start vLLM before taking jobs, so the first job does not pay for it.
-    load_engine()
-    runpod.serverless.start(
-        {
-            "handler": handler,
-            # Called on every job-fetch loop: how many jobs this worker runs at once.
-            "concurrency_modifier": lambda current: CONCURRENCY_MODIFIER,
-            # The job's final output is the list of chunks it streamed.
-            "return_aggregate_stream": True,
-        }
-    )
+    _exit_when_engine_dies(load_engine(), stopping)
+    try:
+        runpod.serverless.start(
+            {
+                "handler": handler,
+                # Called on every job-fetch loop: how many jobs this worker runs at once.
+                "concurrency_modifier": lambda current: CONCURRENCY_MODIFIER,
+                # The job's final output is the list of chunks it streamed.
+                "return_aggregate_stream": True,
+            }
+        )
+    finally:
+        stopping.set()  # the SDK exits via sys.exit() after a SIGTERM
