@@ -25,6 +25,7 @@ help:
 	@echo "make test            install and run the test suite"
 	@echo "make install         create $(VENV) with vLLM for DEVICE=$(DEVICE)"
 	@echo "make model           convert/check the model named by MODEL"
+	@echo "make serve           local Runpod endpoint + worker (SERVE_ARGS=--workers 2 ...)"
 	@echo "make export-handler  notebook -> $(HANDLER)"
 	@echo "make check-handler   fail if $(HANDLER) is out of date with the notebook"
 	@echo "make lint            ruff"
@@ -62,12 +63,93 @@ check-handler: install
 demo: install export-handler
 	$(PY) -m llmkit.demo --model "$(MODEL)"
 
+# The local Runpod endpoint: the platform's API on http://127.0.0.1:8000/v2, and
+# handler.py as a worker in the SDK's production loop. SERVE_ARGS: --workers N,
+# --concurrency N, --port N, --api-key KEY, --workers 0 (queue only), ... (--help)
+serve: install export-handler
+	$(PY) -m llmkit.endpoint --model "$(MODEL)" $(SERVE_ARGS)
+
 test: install
 	$(PY) -m ruff check scripts tests
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+.PHONY: bench
+# Benchmarks on the real engine (about 15 min on 2 CPU cores): tables in
+# docs/BENCHMARKS.md, plot in docs/concurrency.png. BENCH_ARGS=--quick for a smoke run.
+bench: install export-handler
+	$(PY) -m bench.run_all --model "$(MODEL)" --write-docs $(BENCH_ARGS)
 
 lint: install
 	$(PY) -m ruff check scripts tests bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+# =============================================================================
+# Images: Dockerfile (base, model baked in) and Dockerfile_Iteration (a new
+# handler.py on a base). Build with the docker CLI or Depot:
+#   make image MODEL=org/name [HF_TOKEN_FILE=~/.cache/huggingface/token if gated]
+#   make image-iteration            # re-export the notebook, one small layer
+#   make push push-iteration IMAGE=docker.io/you/runpod-llm-kit
+#   make push BUILDER=depot DEPOT_FLAGS="--project <id>"
+# =============================================================================
+.PHONY: image image-iteration push push-iteration lint-image
+
+BUILDER ?= docker
+IMAGE ?= runpod-llm-kit
+# The hub id to bake; the kit's local default maps to its Hugging Face repo.
+IMAGE_MODEL ?= $(if $(filter SmolLM2-135M-Instruct,$(MODEL)),HuggingFaceTB/SmolLM2-135M-Instruct,$(MODEL))
+TAG ?= $(notdir $(IMAGE_MODEL))
+MAX_MODEL_LEN ?=
+CONCURRENCY_MODIFIER ?= 1
+MODE_TO_RUN ?= pod
+# Runpod runs linux/amd64; say so, or an ARM laptop builds an image it cannot run.
+PLATFORM ?= linux/amd64
+BASE_IMAGE ?= $(IMAGE):$(TAG)
+# Tagged by the handler's content: Runpod caches images by tag, so a reused tag
+# can leave workers on the old handler.
+ITERATION_TAG ?= $(TAG)-handler-$$(sha256sum $(HANDLER) | cut -c1-8)
+DEPOT_FLAGS ?=
+
+comma := ,
+# The token for a gated model goes in as a BuildKit secret, never a build arg:
+# from the file HF_TOKEN_FILE, else from the variable HF_TOKEN (by name only).
+HF_SECRET = $(if $(HF_TOKEN_FILE),--secret id=HF_TOKEN$(comma)src=$(HF_TOKEN_FILE),$(if $(HF_TOKEN),--secret id=HF_TOKEN$(comma)env=HF_TOKEN))
+BUILD = $(if $(filter depot,$(BUILDER)),depot build $(DEPOT_FLAGS),$(if $(filter docker,$(BUILDER)),docker build,$(error BUILDER=$(BUILDER): expected docker or depot)))
+BASE_ARGS = --platform $(PLATFORM) --progress=plain -f Dockerfile \
+	--build-arg MODEL='$(IMAGE_MODEL)' --build-arg MAX_MODEL_LEN='$(MAX_MODEL_LEN)' \
+	--build-arg CONCURRENCY_MODIFIER='$(CONCURRENCY_MODIFIER)' --build-arg MODE_TO_RUN='$(MODE_TO_RUN)' \
+	$(HF_SECRET) -t '$(IMAGE):$(TAG)'
+ITERATION_ARGS = --platform $(PLATFORM) --progress=plain -f Dockerfile_Iteration \
+	--build-arg BASE_IMAGE='$(BASE_IMAGE)' -t "$(IMAGE):$(ITERATION_TAG)"
+
+image:  ## base image: CUDA + vLLM + the kit + MODEL (Depot: loaded back into docker)
+	@echo "==> $(BUILDER): $(IMAGE):$(TAG) with $(IMAGE_MODEL)"
+	$(BUILD) $(BASE_ARGS) $(if $(filter depot,$(BUILDER)),--load) .
+
+image-iteration: export-handler  ## $(HANDLER) on top of BASE_IMAGE; no downloads
+	@echo "==> $(BUILDER): $(HANDLER) on $(BASE_IMAGE)"
+	$(BUILD) $(ITERATION_ARGS) $(if $(filter depot,$(BUILDER)),--load) .
+
+push:  ## push the base image (Depot builds and pushes from its builders)
+	@: $(BUILD)
+ifeq ($(BUILDER),depot)
+	$(BUILD) $(BASE_ARGS) --push .
+else
+	docker push '$(IMAGE):$(TAG)'
+endif
+	@echo "==> pushed $(IMAGE):$(TAG): use it as the Runpod template's container image"
+
+push-iteration: $(if $(filter depot,$(BUILDER)),export-handler)  ## push the iteration image (BASE_IMAGE must be in a registry for Depot)
+	@: $(BUILD)
+ifeq ($(BUILDER),depot)
+	$(BUILD) $(ITERATION_ARGS) --push .
+else
+	docker push "$(IMAGE):$(ITERATION_TAG)"
+endif
+	@echo "==> pushed $(IMAGE):$(ITERATION_TAG)"
+
+lint-image:  ## hadolint both Dockerfiles, shellcheck start.sh, actionlint the workflows
+	$(VENV)/bin/hadolint Dockerfile Dockerfile_Iteration
+	shellcheck scripts/start.sh
+	$(VENV)/bin/actionlint

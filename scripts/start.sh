@@ -1,0 +1,341 @@
+#!/usr/bin/env bash
+# Container start for the Runpod LLM kit: one image, two lives.
+#
+#   MODE_TO_RUN=pod         SSH + Jupyter Lab with the development notebook (default)
+#   MODE_TO_RUN=serverless  the exported handler.py as the Runpod worker
+#   MODE_TO_RUN=both        the pod services in the background, the worker in front
+#
+# It follows Runpod's own pod start script (PUBLIC_KEY, per-container host keys,
+# JUPYTER_PASSWORD, /etc/rp_environment, /pre_start.sh and /post_start.sh), with
+# two differences: SSH is key-only, and Jupyter Lab never runs without a token.
+#
+# Every port and path below can be overridden by env, so the tests run this very
+# script as an ordinary process on high ports, with the kit's venv as PYTHON.
+set -euo pipefail
+
+# --- settings (env, with the image's defaults) --------------------------------
+MODE_TO_RUN="${MODE_TO_RUN:-pod}"
+PYTHON="${PYTHON:-python3}"                         # runs the worker and Jupyter Lab
+HANDLER_PATH="${HANDLER_PATH:-/app/handler.py}"     # the exported worker
+WORKER_DIR="${WORKER_DIR:-}"                        # empty: a fresh temporary folder
+# SSH
+SSH_PORT="${SSH_PORT:-22}"
+SSHD="${SSHD:-/usr/sbin/sshd}"
+SSHD_CONFIG="${SSHD_CONFIG:-/etc/ssh/sshd_config}"
+SSH_HOST_KEY_DIR="${SSH_HOST_KEY_DIR:-/etc/ssh}"
+AUTHORIZED_KEYS_FILE="${AUTHORIZED_KEYS_FILE:-${HOME:-/root}/.ssh/authorized_keys}"
+# Environment for SSH sessions
+RUNPOD_ENV_FILE="${RUNPOD_ENV_FILE:-/etc/rp_environment}"
+SHELL_RC_FILE="${SHELL_RC_FILE:-${HOME:-/root}/.bashrc}"
+# Jupyter Lab
+JUPYTER_PORT="${JUPYTER_PORT:-8888}"
+JUPYTER_IP="${JUPYTER_IP:-0.0.0.0}"
+NOTEBOOK_DIR="${NOTEBOOK_DIR:-/workspace/notebooks}"
+NOTEBOOK_SEED_DIR="${NOTEBOOK_SEED_DIR:-/opt/runpod-llm-kit/notebooks}"
+JUPYTER_DEFAULT_URL="${JUPYTER_DEFAULT_URL:-/lab/tree/handler_dev.ipynb}"
+# Hooks
+PRE_START_SCRIPT="${PRE_START_SCRIPT:-/pre_start.sh}"
+POST_START_SCRIPT="${POST_START_SCRIPT:-/post_start.sh}"
+
+SERVICE_PIDS=()
+
+log() { printf '[start.sh] %s\n' "$*"; }
+warn() { printf '[start.sh] warning: %s\n' "$*" >&2; }
+die() {
+    printf '[start.sh] error: %s\n' "$*" >&2
+    exit 2
+}
+
+# --- checks: fail at once, with the setting's name, before anything starts -----
+
+check_mode() {
+    # Runpod's template form invites "Serverless"; accept any case.
+    MODE_TO_RUN="$(printf '%s' "$MODE_TO_RUN" | tr '[:upper:]' '[:lower:]' | tr -d '[:space:]')"
+    MODE_TO_RUN="${MODE_TO_RUN:-pod}"
+    case "$MODE_TO_RUN" in
+        pod | serverless | both) ;;
+        *) die "MODE_TO_RUN='${MODE_TO_RUN}' is not valid: expected pod, serverless or both" ;;
+    esac
+}
+
+# check_int NAME MIN MAX: the variable, if set, must be a whole number in range.
+# The same bounds as the handler's, so a bad template fails here with the
+# setting's name instead of deep inside the worker.
+check_int() {
+    local name="$1" min="$2" max="$3" value
+    value="${!name:-}"
+    value="${value//[[:space:]]/}"
+    [[ -z "$value" ]] && return 0
+    if ! [[ "$value" =~ ^[0-9]{1,9}$ ]] || ((10#$value < min || 10#$value > max)); then
+        die "${name}='${!name}' is not valid: expected an integer from ${min} to ${max}"
+    fi
+}
+
+check_settings() {
+    check_mode
+    check_int CONCURRENCY_MODIFIER 1 1024
+    check_int MAX_MODEL_LEN 16 999999999
+    check_int SSH_PORT 1 65535
+    check_int JUPYTER_PORT 1 65535
+    if [[ "$MODE_TO_RUN" != pod && ! -f "$HANDLER_PATH" ]]; then
+        die "HANDLER_PATH=${HANDLER_PATH} does not exist: export the notebook (make export-handler) and build the iteration image"
+    fi
+}
+
+# The image sets MODEL to the folder baked under MODEL_ROOT. A template that sets
+# MODEL to the repo id the image was built with (org/name) still gets that
+# folder: at run time the image is offline and can load nothing else.
+resolve_model() {
+    if [[ -n "${MODEL:-}" && ! -e "$MODEL" && -n "${MODEL_ROOT:-}" && -d "${MODEL_ROOT}/${MODEL}" ]]; then
+        log "MODEL=${MODEL} is baked in at ${MODEL_ROOT}/${MODEL}; using that folder"
+        export MODEL="${MODEL_ROOT}/${MODEL}"
+    fi
+}
+
+# --- hooks ----------------------------------------------------------------------
+
+# A failing hook is logged, not fatal: in a pod, SSH and Jupyter are how you
+# find out what the hook got wrong.
+run_hook() {
+    local what="$1" script="$2"
+    [[ -f "$script" ]] || return 0
+    log "running ${what} hook ${script}"
+    bash "$script" || warn "${what} hook ${script} failed (exit $?); carrying on"
+}
+
+# --- SSH ------------------------------------------------------------------------
+
+# SSH sessions start with a clean environment and would not see what Runpod set
+# for the container (RUNPOD_*, MODEL, HF_*, PATH, CUDA...). Write it to a file
+# that the shell's rc file sources, as Runpod's own start script does.
+export_env() {
+    local name skip='^(HOME|PWD|OLDPWD|SHLVL|HOSTNAME|TERM|_|PUBLIC_KEY|JUPYTER_PASSWORD|JUPYTER_TOKEN)$'
+    mkdir -p "$(dirname "$RUNPOD_ENV_FILE")"
+    (
+        umask 077 # it may hold API keys and tokens
+        for name in $(compgen -e); do
+            [[ "$name" =~ $skip ]] && continue
+            printf 'export %s=%q\n' "$name" "${!name}"
+        done >"$RUNPOD_ENV_FILE"
+    )
+    local line="[ -f ${RUNPOD_ENV_FILE} ] && . ${RUNPOD_ENV_FILE}"
+    if ! grep -qxF "$line" "$SHELL_RC_FILE" 2>/dev/null; then
+        # First line of the rc file: Debian's .bashrc returns early for
+        # non-interactive shells, and `ssh pod some-command` wants the env too.
+        mkdir -p "$(dirname "$SHELL_RC_FILE")"
+        { printf '%s\n' "$line"; cat "$SHELL_RC_FILE" 2>/dev/null || true; } >"${SHELL_RC_FILE}.new"
+        mv "${SHELL_RC_FILE}.new" "$SHELL_RC_FILE"
+    fi
+}
+
+install_public_key() {
+    local dir
+    dir="$(dirname "$AUTHORIZED_KEYS_FILE")"
+    mkdir -p "$dir"
+    chmod 700 "$dir"
+    touch "$AUTHORIZED_KEYS_FILE"
+    chmod 600 "$AUTHORIZED_KEYS_FILE"
+    # PUBLIC_KEY may hold several keys, one a line; add each once, so a restarted
+    # container does not pile up copies.
+    local key
+    while IFS= read -r key; do
+        key="${key%$'\r'}"
+        [[ -z "${key//[[:space:]]/}" ]] && continue
+        grep -qxF "$key" "$AUTHORIZED_KEYS_FILE" || printf '%s\n' "$key" >>"$AUTHORIZED_KEYS_FILE"
+    done <<<"$PUBLIC_KEY"
+}
+
+# Host keys are made per container: the image ships none (its build deletes
+# them), so no two pods share a key that anyone who pulled the image could read.
+# A restarted container keeps its keys, and its known_hosts entry stays valid.
+generate_host_keys() {
+    local type
+    mkdir -p "$SSH_HOST_KEY_DIR"
+    for type in ed25519 ecdsa rsa; do
+        if [[ ! -f "${SSH_HOST_KEY_DIR}/ssh_host_${type}_key" ]]; then
+            ssh-keygen -q -t "$type" -N '' -C "runpod-llm-kit" -f "${SSH_HOST_KEY_DIR}/ssh_host_${type}_key"
+        fi
+        log "SSH host key: $(ssh-keygen -l -f "${SSH_HOST_KEY_DIR}/ssh_host_${type}_key.pub")"
+    done
+}
+
+# Key-only, whatever the base image's sshd_config says: options given with -o
+# come before the config file, and sshd keeps the first value it reads.
+sshd_args() {
+    local type
+    SSHD_ARGS=(-p "$SSH_PORT" -f "$SSHD_CONFIG"
+        -o PasswordAuthentication=no
+        -o KbdInteractiveAuthentication=no
+        -o PermitEmptyPasswords=no
+        -o PubkeyAuthentication=yes
+        -o PermitRootLogin=prohibit-password
+        -o "AuthorizedKeysFile=${AUTHORIZED_KEYS_FILE}"
+        -o PidFile=none)
+    for type in ed25519 ecdsa rsa; do
+        SSHD_ARGS+=(-h "${SSH_HOST_KEY_DIR}/ssh_host_${type}_key")
+    done
+}
+
+start_sshd() {
+    if [[ -z "${PUBLIC_KEY:-}" ]]; then
+        log "SSH: off. Set PUBLIC_KEY (Runpod fills it from your account's SSH keys) to turn it on."
+        return 0
+    fi
+    if [[ ! -x "$SSHD" ]]; then
+        warn "SSH: ${SSHD} is missing; is openssh-server installed?"
+        return 0
+    fi
+    install_public_key
+    generate_host_keys
+    # sshd's privilege-separation folder; its path is compiled in, and /run is
+    # empty in a new container.
+    mkdir -p /run/sshd
+    chmod 755 /run/sshd
+    sshd_args
+    if ! "$SSHD" -t "${SSHD_ARGS[@]}"; then
+        warn "SSH: sshd rejected its configuration (above); SSH stays off"
+        return 0
+    fi
+    # -D: stay a child of this script, so it can be stopped with the rest;
+    # -e: log to the container log.
+    "$SSHD" -D -e "${SSHD_ARGS[@]}" &
+    SERVICE_PIDS+=("$!")
+    log "SSH: sshd on port ${SSH_PORT}, key-only (root, keys from PUBLIC_KEY), pid $!"
+}
+
+# --- Jupyter Lab ----------------------------------------------------------------
+
+# The pod volume at /workspace survives the container but hides whatever the
+# image put there. Copy the kit's notebooks in once; never over the user's edits.
+seed_notebooks() {
+    mkdir -p "$NOTEBOOK_DIR"
+    [[ -d "$NOTEBOOK_SEED_DIR" ]] || return 0
+    [[ "$(cd "$NOTEBOOK_SEED_DIR" && pwd -P)" == "$(cd "$NOTEBOOK_DIR" && pwd -P)" ]] && return 0
+    local nb target
+    for nb in "$NOTEBOOK_SEED_DIR"/*.ipynb; do
+        [[ -f "$nb" ]] || continue
+        target="${NOTEBOOK_DIR}/$(basename "$nb")"
+        if [[ -e "$target" ]]; then
+            log "Jupyter: keeping your ${target}; the image's copy is ${nb}"
+        else
+            cp "$nb" "$target"
+            log "Jupyter: copied ${nb} to ${target}"
+        fi
+    done
+}
+
+# Jupyter Lab asks every new user whether to fetch its news feed, in a pop-up
+# over the notebook. Answer "never" by default; a user's own choice is kept.
+default_lab_settings() {
+    local dir="${JUPYTER_CONFIG_DIR:-${HOME:-/root}/.jupyter}/lab/user-settings/@jupyterlab/apputils-extension"
+    [[ -e "${dir}/notification.jupyterlab-settings" ]] && return 0
+    mkdir -p "$dir"
+    printf '{"fetchNews": "false", "checkForUpdates": false}\n' >"${dir}/notification.jupyterlab-settings"
+}
+
+new_token() {
+    od -An -N24 -tx1 /dev/urandom | tr -d ' \n'
+}
+
+# Never open: the original template ran Jupyter with an empty token, which gave a
+# root shell to anyone who found the pod's URL. JUPYTER_PASSWORD is the token (as
+# in Runpod's script: type it into the login page); without it a fresh token is
+# made and printed here, in the container log.
+start_jupyter() {
+    seed_notebooks
+    default_lab_settings
+    local token
+    if [[ -n "${JUPYTER_PASSWORD:-}" ]]; then
+        token="$JUPYTER_PASSWORD"
+        log "Jupyter Lab: log in with JUPYTER_PASSWORD"
+    else
+        token="$(new_token)"
+        log "Jupyter Lab: JUPYTER_PASSWORD is not set; generated token: ${token}"
+    fi
+    # The token goes in through the environment, not argv, where `ps` would show it.
+    # allow_origin: the browser reaches the pod through Runpod's HTTPS proxy.
+    # No news feed or update check: nothing to fetch, no pop-ups.
+    JUPYTER_TOKEN="$token" "$PYTHON" -m jupyterlab \
+        --no-browser --allow-root \
+        --ip="$JUPYTER_IP" --port="$JUPYTER_PORT" --ServerApp.port_retries=0 \
+        --ServerApp.root_dir="$NOTEBOOK_DIR" \
+        --LabApp.default_url="$JUPYTER_DEFAULT_URL" \
+        --ServerApp.password='' \
+        --ServerApp.allow_origin='*' \
+        --ServerApp.terminado_settings='{"shell_command": ["/bin/bash"]}' \
+        --FileContentsManager.delete_to_trash=False \
+        --LabApp.news_url=None \
+        --LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate &
+    SERVICE_PIDS+=("$!")
+    log "Jupyter Lab: port ${JUPYTER_PORT}, notebooks in ${NOTEBOOK_DIR}, pid $!"
+    if [[ -n "${RUNPOD_POD_ID:-}" ]]; then
+        log "Jupyter Lab: https://${RUNPOD_POD_ID}-${JUPYTER_PORT}.proxy.runpod.net${JUPYTER_DEFAULT_URL}"
+    fi
+}
+
+# --- lifecycle --------------------------------------------------------------------
+
+stop_services() {
+    trap - TERM INT
+    log "stopping (pids ${SERVICE_PIDS[*]:-none})"
+    if ((${#SERVICE_PIDS[@]})); then
+        kill -TERM "${SERVICE_PIDS[@]}" 2>/dev/null || true
+        wait "${SERVICE_PIDS[@]}" 2>/dev/null || true
+    fi
+    exit 0
+}
+
+start_pod_services() {
+    export_env
+    start_sshd
+    start_jupyter
+}
+
+# The worker replaces this shell (exec): it gets the container's SIGTERM itself
+# and finishes its jobs, and its exit code is the container's.
+exec_worker() {
+    # The SDK keeps its in-flight job ids in .runpod_jobs.pkl in its working
+    # folder; a restarted container inheriting a dead job's file would wait for
+    # it forever. A fresh folder per start avoids that.
+    if [[ -z "$WORKER_DIR" ]]; then
+        WORKER_DIR="$(mktemp -d "${TMPDIR:-/tmp}/runpod-worker.XXXXXX")"
+    fi
+    mkdir -p "$WORKER_DIR"
+    rm -f "${WORKER_DIR}/.runpod_jobs.pkl"
+    cd "$WORKER_DIR"
+    log "worker: ${PYTHON} ${HANDLER_PATH} (MODEL=${MODEL:-unset}, CONCURRENCY_MODIFIER=${CONCURRENCY_MODIFIER:-1})"
+    exec "$PYTHON" -u "$HANDLER_PATH"
+}
+
+main() {
+    check_settings
+    if [[ "${1:-}" == "--check" ]]; then # the image build checks its build args
+        log "settings OK (MODE_TO_RUN=${MODE_TO_RUN})"
+        return 0
+    fi
+    resolve_model
+    log "MODE_TO_RUN=${MODE_TO_RUN}"
+    run_hook pre-start "$PRE_START_SCRIPT"
+    case "$MODE_TO_RUN" in
+        pod)
+            trap stop_services TERM INT
+            start_pod_services
+            run_hook post-start "$POST_START_SCRIPT"
+            # Stay up even if a service dies: SSH or Jupyter alone is still a way in.
+            sleep infinity &
+            SERVICE_PIDS+=("$!")
+            wait $!
+            ;;
+        serverless)
+            run_hook post-start "$POST_START_SCRIPT"
+            exec_worker
+            ;;
+        both)
+            start_pod_services
+            run_hook post-start "$POST_START_SCRIPT"
+            exec_worker
+            ;;
+    esac
+}
+
+main "$@"

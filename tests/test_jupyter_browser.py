@@ -1,0 +1,79 @@
+"""A person's first minute in a pod: open Jupyter Lab in a browser, log in with
+JUPYTER_PASSWORD, land in the development notebook.
+
+start.sh runs in pod mode for real; headless Chromium (Debian's /usr/bin/chromium,
+driven by the `playwright` package, whose own browser download is never used)
+does the clicking. The screenshot goes to docs/jupyter-lab.png for the README.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from test_start_sh import base_env, launch, wait_for_jupyter
+
+from llmkit.paths import REPO_ROOT
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+SCREENSHOT = REPO_ROOT / "docs" / "jupyter-lab.png"
+PASSWORD = "runpod-llm-kit test password"
+
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="chromium is not installed (apt-get install chromium; .ci/run does)")
+
+
+@pytest.fixture
+def jupyter(tmp_path):
+    env = base_env(tmp_path, MODE_TO_RUN="pod", JUPYTER_PASSWORD=PASSWORD)
+    run = launch(tmp_path, env)
+    try:
+        wait_for_jupyter(run)
+        yield f"http://127.0.0.1:{env['JUPYTER_PORT']}"
+    finally:
+        run.kill_group()
+
+
+def test_log_in_and_open_the_development_notebook(jupyter):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (dev extra) missing")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM, headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+                  "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync"])
+        try:
+            page = browser.new_page(viewport={"width": 1440, "height": 900})
+            page.set_default_timeout(60_000)
+            # Without credentials the server shows its login page, never the lab.
+            page.goto(jupyter)
+            page.wait_for_selector("#password_input")
+            assert "/login" in page.url
+            page.fill("#password_input", "wrong password")
+            page.click("#login_submit")
+            page.wait_for_selector("#password_input")
+            assert "/login" in page.url
+
+            page.fill("#password_input", PASSWORD)
+            page.click("#login_submit")
+            # start.sh points the default URL at the notebook.
+            page.wait_for_url("**/lab/tree/handler_dev.ipynb**")
+            notebook = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook")
+            notebook.wait_for()
+            heading = page.locator(".jp-MarkdownOutput h1", has_text="Handler development notebook")
+            heading.first.wait_for()
+            page.get_by_text("async def handler(job):").first.wait_for()
+            # The notebook's own kernel, idle and ready.
+            page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").first.wait_for(
+                timeout=120_000)
+            kernel = page.locator(".jp-Toolbar-kernelName").first.inner_text()
+            assert "runpod-llm-kit" in kernel, kernel
+            assert page.get_by_text("official Jupyter news").count() == 0, "no news pop-up"
+            page.wait_for_timeout(500)
+            SCREENSHOT.parent.mkdir(exist_ok=True)
+            page.screenshot(path=str(SCREENSHOT))
+        finally:
+            browser.close()
+    assert SCREENSHOT.stat().st_size > 20_000
+    assert Path(SCREENSHOT).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
