@@ -10,7 +10,6 @@
 import os
 import uuid
 
-import runpod
 from vllm import AsyncEngineArgs, AsyncLLMEngine, SamplingParams
 from vllm.platforms import current_platform
 from vllm.sampling_params import RequestOutputKind
@@ -48,6 +47,10 @@ MAX_MODEL_LEN = _env("MAX_MODEL_LEN", int, None, lambda v: v >= 16, "an integer 
 CONCURRENCY_MODIFIER = _env("CONCURRENCY_MODIFIER", int, 1, lambda v: 1 <= v <= 1024,
                             "an integer from 1 to 1024")
 DEFAULT_MAX_TOKENS = _env("DEFAULT_MAX_TOKENS", int, 512, lambda v: v >= 1, "an integer >= 1")
+# Stream mode posts a chunk at most this often per job (0: one per engine step). The
+# first text goes out at once; a long answer makes at most 10 HTTP posts a second.
+STREAM_INTERVAL_MS = _env("STREAM_INTERVAL_MS", int, 100, lambda v: 0 <= v <= 60_000,
+                          "an integer from 0 to 60000")
 ENGINE_ARGS = dict(
     model=MODEL,
     max_model_len=MAX_MODEL_LEN,
@@ -212,6 +215,7 @@ def sampling_params(sampling, prompt_len, limit, stream):
 
 # %% cell 8 (id handler)
 import asyncio
+import time
 
 _aborts = set()  # abort tasks in flight (the event loop keeps only weak references)
 
@@ -250,10 +254,20 @@ async def handler(job):
         task.add_done_callback(abort_if_cancelled)
     outputs = engine.generate({"prompt_token_ids": prompt_ids}, params, request_id)
     if stream:
+        # Chunking: vLLM hands out DELTA text, which merges while a chunk is posted. On
+        # top of that, text is held back until STREAM_INTERVAL_MS has passed since the
+        # last chunk, so the first text leaves at once and posts stay bounded.
+        pending, last_sent = "", float("-inf")
         async for output in outputs:
-            if output.outputs[0].text:
-                yield {"text": output.outputs[0].text}
+            pending += output.outputs[0].text
+            now = time.monotonic()
+            if pending and (output.finished or now - last_sent >= STREAM_INTERVAL_MS / 1000):
+                finished = output.finished
+                chunk, pending, last_sent = pending, "", now
+                yield {"text": chunk}
         finished = True
+        if pending:  # an answer cut short without a final output
+            yield {"text": pending}
     else:
         final = None
         async for final in outputs:
@@ -296,11 +310,18 @@ def _exit_when_engine_dies(engine, stopping, interval=1.0):
 
 
 if __name__ == "__main__":
+    import importlib
     import threading
 
+    # Importing the runpod SDK takes a second or more (py-cpuinfo probes the CPU). Do it
+    # while vLLM starts its engine, not before; and keep it out of the module top, which
+    # vLLM's spawned processes import again.
+    threading.Thread(target=importlib.import_module, args=("runpod",), daemon=True).start()
     stopping = threading.Event()
     # Start vLLM before taking jobs, so the first job does not pay for it.
     _exit_when_engine_dies(load_engine(), stopping)
+    import runpod  # done by now; raises the real error if the import failed
+
     try:
         runpod.serverless.start(
             {

@@ -13,9 +13,7 @@ from llmkit import export
 
 GOOD_HANDLER = '''async def handler(job):
     yield {"text": job["input"]["prompt"]}'''
-GOOD_REST = '''import runpod
-
-CONCURRENCY_MODIFIER = 1
+GOOD_REST = '''CONCURRENCY_MODIFIER = 1
 
 
 def load_engine():
@@ -131,7 +129,7 @@ def test_undefined_name_names_cell_and_line(tmp_path):
 
 
 def test_footer_names_must_be_defined(tmp_path):
-    path = make_notebook(tmp_path / "nb.ipynb", ("import runpod", ["export"]),
+    path = make_notebook(tmp_path / "nb.ipynb", ("import os", ["export"]),
                          (GOOD_HANDLER, ["export"]))
     messages = " | ".join(p.message for p in problems_of(path))
     assert "CONCURRENCY_MODIFIER" in messages and "load_engine" in messages

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 
 import pytest
 
@@ -39,20 +40,64 @@ def run_job(handler, job_input):
     return handler.run(collect(handler, job_input))
 
 
+@pytest.fixture
+def interval(handler, request):
+    """Set the handler's STREAM_INTERVAL_MS for one test."""
+    saved = handler.STREAM_INTERVAL_MS
+    handler.STREAM_INTERVAL_MS = request.param
+    yield request.param
+    handler.STREAM_INTERVAL_MS = saved
+
+
+@pytest.mark.parametrize("interval", [0, 100], indirect=True)
 @pytest.mark.parametrize("sampling", [
     {"temperature": 0},                         # greedy
     {"temperature": 0.9, "top_p": 0.9, "seed": 1234},  # seeded sampling
 ])
-def test_stream_chunks_concatenate_to_the_normal_text(handler, sampling):
+def test_stream_chunks_concatenate_to_the_normal_text(handler, sampling, interval):
     ask = {"prompt": "The quick brown fox",
            "sampling_params": {"max_tokens": 24, "min_tokens": 24, **sampling}}
     stream = run_job(handler, {**ask, "answerType": "stream"})
     normal = run_job(handler, {**ask, "answerType": "normal"})
     assert len(normal) == 1 and set(normal[0]) == {"text"}
     assert all(set(c) == {"text"} and c["text"] for c in stream)
-    assert len(stream) > 1, "stream mode should yield more than one chunk"
+    if interval == 0:
+        assert len(stream) > 1, "stream mode should yield more than one chunk"
     assert "".join(c["text"] for c in stream) == normal[0]["text"]
     assert normal[0]["text"]
+
+
+async def timed_chunks(handler, job_input):
+    """(seconds since the job started, chunk) for each chunk the handler yields."""
+    start, out = time.monotonic(), []
+    async for chunk in handler.handler({"id": "timed", "input": job_input}):
+        out.append((time.monotonic() - start, chunk))
+    return out
+
+
+@pytest.mark.parametrize("interval", [250], indirect=True)
+def test_stream_chunks_are_spaced_by_the_interval_and_the_first_is_not_held(handler,
+                                                                           interval):
+    job = {"prompt": "Once upon a time", "answerType": "stream",
+           "sampling_params": {"max_tokens": 200, "min_tokens": 200, "temperature": 0}}
+    timed = handler.run(timed_chunks(handler, job))
+    handler.STREAM_INTERVAL_MS = 0  # the same job, a chunk per engine step
+    baseline = handler.run(timed_chunks(handler, job))
+    handler.STREAM_INTERVAL_MS = interval
+    times = [t for t, _ in timed]
+    # The answer took long enough to need several chunks, and got them.
+    assert times[-1] > 4 * interval / 1000, times
+    assert len(timed) >= 3
+    # The first chunk is not held back: it leaves as soon as it does with no interval
+    # (with slack for a noisy machine), and holds the same text.
+    assert times[0] <= baseline[0][0] + 0.2, (times[0], baseline[0])
+    assert timed[0][1] == baseline[0][1]
+    assert "".join(c["text"] for _, c in timed) == "".join(c["text"] for _, c in baseline)
+    # Between chunks at least the interval passes (the last chunk, the answer's end, may
+    # come sooner), so a long answer makes at most one post per interval.
+    gaps = [b - a for a, b in zip(times[:-1], times[1:], strict=True)]
+    assert all(g >= interval / 1000 * 0.95 for g in gaps[:-1]), gaps
+    assert len(timed) <= times[-1] / (interval / 1000) + 2
 
 
 def test_answer_type_defaults_to_normal(handler):

@@ -68,6 +68,7 @@ def test_import_starts_no_engine(handler_path, tiny_model_dir):
     ("MAX_MODEL_LEN", "-5", "MAX_MODEL_LEN='-5' is not valid: expected an integer >= 16"),
     ("MAX_MODEL_LEN", "4k", "MAX_MODEL_LEN='4k' is not valid"),
     ("ENFORCE_EAGER", "maybe", "ENFORCE_EAGER='maybe' is not valid: expected true or false"),
+    ("STREAM_INTERVAL_MS", "-1", "STREAM_INTERVAL_MS='-1' is not valid: expected an integer"),
 ])
 def test_bad_settings_stop_start_up_with_a_clear_message(handler_path, tiny_model_dir, name,
                                                          value, expected):

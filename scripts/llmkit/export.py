@@ -35,7 +35,7 @@ KNOWN_TAGS = frozenset({EXPORT_TAG, "parameters", "injected-parameters"})
 TEMPLATE_DIR = REPO_ROOT / "handler_template"
 TEMPLATE_FILE = "handler.py.j2"
 # Names the template's footer uses; the exported cells must define them.
-FOOTER_NAMES = ("handler", "load_engine", "CONCURRENCY_MODIFIER", "runpod")
+FOOTER_NAMES = ("handler", "load_engine", "CONCURRENCY_MODIFIER")
 _CELL_MARKER = re.compile(r"^# %% cell (\d+) \(id (.+)\)$")
 
 
