@@ -1,0 +1,283 @@
+"""Reliability: hostile input, load, and faults, through the local endpoint to real workers.
+
+Everything here runs the exported handler.py in the runpod SDK's production worker
+loop on the real vLLM CPU engine (tiny model).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import psutil
+import pytest
+import requests
+
+from llmkit import soak
+
+pytest_plugins = ["endpoint_fixtures"]
+pytestmark = pytest.mark.engine
+
+GOOD = {"prompt": "hello", "sampling_params": {"max_tokens": 4, "min_tokens": 4}}
+DEEP = {"a": None}
+for _ in range(400):  # as deep as Python's own JSON encoder will write
+    DEEP = {"a": DEEP}
+
+# (input, what the error must say). Each reaches the worker, which must fail the job.
+HOSTILE = [
+    (None, "input must be a JSON object, got null"),
+    ({}, "exactly one of input.prompt"),
+    ([], "input must be a JSON object, got array"),
+    ("just a string", "input must be a JSON object, got string"),
+    (12, "input must be a JSON object, got int"),
+    (True, "input must be a JSON object, got boolean"),
+    ({"prompt": None}, "input.prompt must be a string, got null"),
+    ({"prompt": 0}, "input.prompt must be a string, got int"),
+    ({"prompt": 1.5}, "input.prompt must be a string, got float"),
+    ({"prompt": ["hi"]}, "input.prompt must be a string, got array"),
+    ({"prompt": {"text": "hi"}}, "input.prompt must be a string, got object"),
+    ({"prompt": False}, "input.prompt must be a string, got boolean"),
+    ({"prompt": ""}, "input.prompt must not be empty"),
+    ({"prompt": " "}, "input.prompt must not be empty"),
+    ({"prompt": "\n\t \r\n"}, "input.prompt must not be empty"),
+    ({"prompt": "\u3000\u2003"}, "input.prompt must not be empty"),
+    ({"prompt": "nul\x00byte"}, "input.prompt must not contain NUL"),
+    ({"prompt": "\x00"}, "input.prompt must not contain NUL"),
+    ({"prompt": "lone \ud800 surrogate"}, "input.prompt is not valid Unicode"),
+    ({"prompt": "\udfff"}, "input.prompt is not valid Unicode"),
+    ({"prompt": "x" * 3_000_000}, "input.prompt is 3000000 characters, far over MAX_MODEL_LEN"),
+    ({"prompt": "fox dog " * 1500}, "leaves no room to answer"),
+    ({"prompt": "hi", "answerType": "STREAM"}, "input.answerType must be 'stream' or 'normal'"),
+    ({"prompt": "hi", "answerType": ""}, "input.answerType must be 'stream' or 'normal'"),
+    ({"prompt": "hi", "answerType": None}, "input.answerType must be 'stream' or 'normal'"),
+    ({"prompt": "hi", "answerType": 1}, "input.answerType must be 'stream' or 'normal'"),
+    ({"prompt": "hi", "answerType": ["stream"]}, "input.answerType must be 'stream' or 'normal'"),
+    ({"prompt": "hi", "answerType": "x" * 100_000}, "input.answerType must be 'stream' or"),
+    ({"prompt": "hi", "sampling_params": None}, "input.sampling_params must be an object"),
+    ({"prompt": "hi", "sampling_params": []}, "input.sampling_params must be an object"),
+    ({"prompt": "hi", "sampling_params": "temperature=0"}, "sampling_params must be an object"),
+    ({"prompt": "hi", "sampling_params": {"max_tokens": -1}}, "max_tokens must be an integer >= 1"),
+    ({"prompt": "hi", "sampling_params": {"max_tokens": 0}}, "max_tokens must be an integer >= 1"),
+    ({"prompt": "hi", "sampling_params": {"max_tokens": 10**30}}, "max_tokens must be at most"),
+    ({"prompt": "hi", "sampling_params": {"max_tokens": 2**63}}, "max_tokens must be at most"),
+    ({"prompt": "hi", "sampling_params": {"max_tokens": 1.5}}, "max_tokens must be an integer"),
+    ({"prompt": "hi", "sampling_params": {"max_tokens": "9"}}, "max_tokens must be an integer"),
+    ({"prompt": "hi", "sampling_params": {"max_tokens": None}}, "max_tokens must be an integer"),
+    ({"prompt": "hi", "sampling_params": {"temperature": -0.1}}, "temperature must be a number"),
+    ({"prompt": "hi", "sampling_params": {"temperature": 1e308}}, "temperature must be a number"),
+    ({"prompt": "hi", "sampling_params": {"temperature": "hot"}}, "temperature must be a number"),
+    ({"prompt": "hi", "sampling_params": {"top_p": 1.01}}, "top_p must be a number in (0, 1]"),
+    ({"prompt": "hi", "sampling_params": {"top_k": -2}}, "top_k must be -1 (off)"),
+    ({"prompt": "hi", "sampling_params": {"seed": -1}}, "seed must be an integer >= 0"),
+    ({"prompt": "hi", "sampling_params": {"stop": [""]}}, "stop must be a string or a list"),
+    ({"prompt": "hi", "sampling_params": {"stop": ["a"] * 100}}, "stop must be a string or a"),
+    ({"prompt": "hi", "sampling_params": {"stop": {"x": 1}}}, "stop must be a string or a list"),
+    ({"prompt": "hi", "sampling_params": {"n": 4}}, "unknown field input.sampling_params.n"),
+    ({"prompt": "hi", "sampling_params": {"logits_processors": ["os.system"]}},
+     "unknown field input.sampling_params.logits_processors"),
+    ({"prompt": "hi", "sampling_params": {"__class__": 1}}, "unknown field input.sampling_param"),
+    ({"prompt": "hi", "sampling_params": DEEP}, "unknown field input.sampling_params.a"),
+    ({"prompt": "hi", "extra": DEEP}, "unknown field input.extra"),
+    ({"prompt": "hi", "Prompt": "hi"}, "unknown field input.Prompt"),
+    ({"messages": None}, "input.messages must be a non-empty array"),
+    ({"messages": []}, "input.messages must be a non-empty array"),
+    ({"messages": [None]}, "input.messages[0] must be an object with exactly role and content"),
+    ({"messages": [{"role": "user", "content": None}]}, "input.messages[0].content must be a"),
+    ({"messages": [{"role": "root", "content": "hi"}]}, "input.messages[0].role must be one of"),
+    ({"messages": [{"role": "user", "content": "hi", "name": "x"}]},
+     "input.messages[0] must be an object with exactly role and content"),
+    ({"messages": [{"role": "user", "content": "ok"}, {"role": "user", "content": "\x00"}]},
+     "input.messages[1].content must not contain NUL"),
+    ({"prompt": "hi", "messages": [{"role": "user", "content": "hi"}]}, "exactly one of"),
+]
+
+
+def test_there_are_at_least_50_hostile_inputs():
+    assert len(HOSTILE) >= 50
+
+
+def test_hostile_inputs_fail_clearly_and_the_worker_keeps_serving(live):
+    pids_before = [w["pid"] for w in live.workers() if w["state"] != "exited"]
+    for job_input, expected in HOSTILE:
+        bad = live.wait_status(live.run(job_input), timeout=120)
+        assert bad["status"] == "FAILED", (job_input if len(str(job_input)) < 200 else "...", bad)
+        assert expected in bad["error"], (expected, bad["error"])
+        assert len(bad["error"]) < 300 and "Traceback" not in bad["error"]
+        good = live.wait_status(live.run(GOOD), timeout=120)
+        assert good["status"] == "COMPLETED" and good["output"][0]["text"], good
+    # The same worker process served everything: nothing crashed or restarted.
+    assert [w["pid"] for w in live.workers() if w["state"] != "exited"] == pids_before
+
+
+@pytest.mark.parametrize("body, status, message", [
+    (b"{not json", 400, "JSON"),
+    (b"[1, 2]", 400, "must be a JSON object"),
+    (b"{}", 400, '"input"'),
+    (b'{"input": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 400, "JSON"),
+    (b'{"input": {"prompt": "hi"}, "evil": 1}', 400, "unknown field 'evil'"),
+    (json.dumps({"input": {"prompt": "x" * (11 * 2**20)}}).encode(), 413, "10 MB"),
+])
+def test_bodies_the_api_refuses_never_reach_the_worker(live, body, status, message):
+    reply = requests.post(f"{live.url}/run", data=body, timeout=60,
+                          headers={**live.headers, "Content-Type": "application/json"})
+    assert reply.status_code == status
+    assert message in reply.json()["error"]
+    good = live.wait_status(live.run(GOOD), timeout=120)
+    assert good["status"] == "COMPLETED"
+
+
+# ---- load and faults: two worker processes ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pair(tiny_model_dir, handler_path, tmp_path_factory):
+    # The tiny model's whole context, so a job can stream for several seconds before it
+    # is interrupted.
+    endpoint = soak.start_endpoint(2, 16, str(tiny_model_dir), handler_path,
+                                   tmp_path_factory.mktemp("pair"), max_model_len=2048)
+    yield endpoint
+    endpoint.stop()
+
+
+def api(endpoint, method, op, **kwargs):
+    reply = requests.request(method, f"{endpoint.url}/{op}", headers=endpoint.headers,
+                             timeout=60, **kwargs)
+    assert reply.status_code == 200, (reply.status_code, reply.text)
+    return reply.json()
+
+
+def wait_final(endpoint, job_id, timeout=120):
+    deadline = time.monotonic() + timeout
+    while True:
+        state = api(endpoint, "GET", f"status/{job_id}")
+        if state["status"] in soak.FINAL:
+            return state
+        assert time.monotonic() < deadline, f"{job_id} stuck in {state['status']}"
+        time.sleep(0.1)
+
+
+def wait_in_progress(endpoint, job_id, timeout=120):
+    deadline = time.monotonic() + timeout
+    while api(endpoint, "GET", f"status/{job_id}")["status"] == "IN_QUEUE":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def holder(endpoint, job_id):
+    """The worker (id, pid) that holds ``job_id``."""
+    for worker in api(endpoint, "GET", "workers")["workers"]:
+        if job_id in worker["jobs"]:
+            return worker
+    raise AssertionError(f"no worker holds {job_id}")
+
+
+def wait_workers(endpoint, count, timeout=600):
+    deadline = time.monotonic() + timeout
+    while True:
+        workers = api(endpoint, "GET", "health")["workers"]
+        if workers["idle"] + workers["running"] >= count:
+            return
+        assert time.monotonic() < deadline, endpoint.log()[-3000:]
+        time.sleep(0.5)
+
+
+def long_job(tokens=1800):
+    return {"input": {"prompt": "a long answer", "answerType": "stream",
+                      "sampling_params": {"max_tokens": tokens, "min_tokens": tokens}}}
+
+
+def test_1000_jobs_at_32_concurrent_lose_nothing(pair):
+    report = soak.run_load(pair, jobs=1000, concurrency=32, tokens=8)
+    print(json.dumps({k: v for k, v in report.items() if k != "memory_samples"}, indent=2))
+    assert report["problems"] == []
+    assert report["statuses"] == {"COMPLETED": 900, "FAILED": 100}
+    # Resident memory levels off: the last quarter of the run is within 15% (+100 MB)
+    # of the first quarter, across 1000 jobs.
+    memory = report["memory"]
+    assert memory["samples"] >= 8
+    assert memory["last_quarter_mb"] <= memory["first_quarter_mb"] * 1.15 + 100, memory
+
+
+def test_a_job_cancelled_mid_stream_frees_its_engine_slot(pair):
+    job_id = api(pair, "POST", "run", json=long_job())["id"]
+    deadline = time.monotonic() + 120
+    while not (reply := api(pair, "GET", f"stream/{job_id}"))["stream"]:  # streaming begun
+        assert reply["status"] in ("IN_QUEUE", "IN_PROGRESS"), reply
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    worker = holder(pair, job_id)
+    assert api(pair, "POST", f"cancel/{job_id}")["status"] == "CANCELLED"
+    # The handler aborts the vLLM request: the worker's engine is left with nothing running.
+    deadline = time.monotonic() + 30
+    while f"job {job_id} stopped: vLLM request" not in pair.log():
+        assert time.monotonic() < deadline, pair.log()[-3000:]
+        time.sleep(0.2)
+    line = next(x for x in pair.log().splitlines() if f"job {job_id} stopped" in x)
+    assert "(0 request(s) still running)" in line, line
+    # And the slot serves the next job.
+    assert job_id not in holder_jobs(pair, worker["id"])
+    assert wait_final(pair, api(pair, "POST", "run", json={"input": GOOD})["id"])["status"] \
+        == "COMPLETED"
+
+
+def holder_jobs(endpoint, worker_id):
+    return next(w["jobs"] for w in api(endpoint, "GET", "workers")["workers"]
+                if w["id"] == worker_id)
+
+
+def test_sigterm_lets_running_jobs_end_cleanly(pair):
+    wait_workers(pair, 2)
+    job_id = api(pair, "POST", "run", json=long_job(300))["id"]
+    wait_in_progress(pair, job_id)
+    worker = holder(pair, job_id)
+    os.kill(worker["pid"], signal.SIGTERM)
+    state = wait_final(pair, job_id, timeout=120)
+    assert state["status"] in ("COMPLETED", "FAILED"), state
+    if state["status"] == "COMPLETED":
+        assert "".join(c["text"] for c in state["output"])
+    deadline = time.monotonic() + 60
+    while (exited := next(w for w in api(pair, "GET", "workers")["workers"]
+                          if w["id"] == worker["id"]))["state"] != "exited":
+        assert time.monotonic() < deadline, exited
+        time.sleep(0.2)
+    assert exited["exitReason"] == "exited with code 0", exited
+
+
+def test_an_engine_that_dies_makes_its_worker_exit_non_zero_within_seconds(pair):
+    wait_workers(pair, 2)
+    victim = next(w for w in api(pair, "GET", "workers")["workers"] if w["state"] != "exited")
+    worker = psutil.Process(victim["pid"])
+    cores = [p for p in worker.children(recursive=True) if "EngineCore" in p.name()]
+    assert cores, [p.name() for p in worker.children(recursive=True)]
+    killed_at = time.monotonic()
+    cores[0].kill()
+    worker.wait(30)  # gone (psutil cannot read the exit code of another's child)
+    assert time.monotonic() - killed_at < 15
+    # Its supervisor, the endpoint, saw it exit non-zero.
+    deadline = time.monotonic() + 30
+    while (seen := next(w for w in api(pair, "GET", "workers")["workers"]
+                        if w["id"] == victim["id"]))["state"] != "exited":
+        assert time.monotonic() < deadline, seen
+        time.sleep(0.2)
+    assert seen["exitReason"] == "exited with code 1", seen
+    assert "vLLM engine died: exiting so the platform replaces this worker" in pair.log()
+    # The endpoint keeps serving with the other worker (and restarts this one).
+    assert wait_final(pair, api(pair, "POST", "run", json={"input": GOOD})["id"])["status"] \
+        == "COMPLETED"
+
+
+def test_a_worker_killed_mid_job_fails_that_job_and_the_rest_keep_serving(pair):
+    wait_workers(pair, 2)
+    job_id = api(pair, "POST", "run", json=long_job())["id"]
+    wait_in_progress(pair, job_id)
+    victim = holder(pair, job_id)
+    os.kill(victim["pid"], signal.SIGKILL)
+    state = wait_final(pair, job_id, timeout=60)
+    assert state["status"] == "FAILED" and victim["id"] in state["error"], state
+    # The other worker serves new jobs at once, before any restart is ready.
+    jobs = [api(pair, "POST", "run", json={"input": GOOD})["id"] for _ in range(4)]
+    assert [wait_final(pair, j)["status"] for j in jobs] == ["COMPLETED"] * 4
+    health = api(pair, "GET", "health")
+    assert health["jobs"]["inProgress"] == 0 and health["jobs"]["inQueue"] == 0
