@@ -28,6 +28,8 @@ help:
 	@echo "make serve           local Runpod endpoint + worker (SERVE_ARGS=--workers 2 ...)"
 	@echo "make export-handler  notebook -> $(HANDLER)"
 	@echo "make check-handler   fail if $(HANDLER) is out of date with the notebook"
+	@echo "make bench           benchmarks against raw vLLM -> docs/BENCHMARKS.md (BENCH_ARGS=--quick)"
+	@echo "make soak            1000 jobs at 32 concurrent to 2 workers; nothing may be lost (SOAK_ARGS=...)"
 	@echo "make lint            ruff"
 
 install: $(STAMP)
@@ -70,14 +72,19 @@ serve: install export-handler
 	$(PY) -m llmkit.endpoint --model "$(MODEL)" $(SERVE_ARGS)
 
 test: install
-	$(PY) -m ruff check scripts tests
+	$(PY) -m ruff check scripts tests bench
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-.PHONY: bench
-# Benchmarks on the real engine (about 15 min on 2 CPU cores): tables in
+.PHONY: bench soak
+# Benchmarks on the real engine (15-25 min on a 2-core VM): tables in
 # docs/BENCHMARKS.md, plot in docs/concurrency.png. BENCH_ARGS=--quick for a smoke run.
 bench: install export-handler
 	$(PY) -m bench.run_all --model "$(MODEL)" --write-docs $(BENCH_ARGS)
+
+# Load through the local endpoint to real workers (about 2 min here): every job must
+# end in a final state, none lost or run twice, /health must match, memory must level off.
+soak: install export-handler
+	$(PY) -m llmkit.soak --model "$(MODEL)" $(SOAK_ARGS)
 
 lint: install
 	$(PY) -m ruff check scripts tests bench

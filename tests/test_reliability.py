@@ -222,6 +222,16 @@ def test_a_job_cancelled_mid_stream_frees_its_engine_slot(pair):
         == "COMPLETED"
 
 
+def wait_exited(endpoint, worker_id, timeout=60):
+    """The endpoint's record of a worker, once it has seen the worker exit."""
+    deadline = time.monotonic() + timeout
+    while (worker := next(w for w in api(endpoint, "GET", "workers")["workers"]
+                          if w["id"] == worker_id))["state"] != "exited":
+        assert time.monotonic() < deadline, worker
+        time.sleep(0.2)
+    return worker
+
+
 def holder_jobs(endpoint, worker_id):
     return next(w["jobs"] for w in api(endpoint, "GET", "workers")["workers"]
                 if w["id"] == worker_id)
@@ -237,12 +247,7 @@ def test_sigterm_lets_running_jobs_end_cleanly(pair):
     assert state["status"] in ("COMPLETED", "FAILED"), state
     if state["status"] == "COMPLETED":
         assert "".join(c["text"] for c in state["output"])
-    deadline = time.monotonic() + 60
-    while (exited := next(w for w in api(pair, "GET", "workers")["workers"]
-                          if w["id"] == worker["id"]))["state"] != "exited":
-        assert time.monotonic() < deadline, exited
-        time.sleep(0.2)
-    assert exited["exitReason"] == "exited with code 0", exited
+    assert wait_exited(pair, worker["id"])["exitReason"] == "exited with code 0"
 
 
 def test_an_engine_that_dies_makes_its_worker_exit_non_zero_within_seconds(pair):
@@ -256,12 +261,7 @@ def test_an_engine_that_dies_makes_its_worker_exit_non_zero_within_seconds(pair)
     worker.wait(30)  # gone (psutil cannot read the exit code of another's child)
     assert time.monotonic() - killed_at < 15
     # Its supervisor, the endpoint, saw it exit non-zero.
-    deadline = time.monotonic() + 30
-    while (seen := next(w for w in api(pair, "GET", "workers")["workers"]
-                        if w["id"] == victim["id"]))["state"] != "exited":
-        assert time.monotonic() < deadline, seen
-        time.sleep(0.2)
-    assert seen["exitReason"] == "exited with code 1", seen
+    assert wait_exited(pair, victim["id"])["exitReason"] == "exited with code 1"
     assert "vLLM engine died: exiting so the platform replaces this worker" in pair.log()
     # The endpoint keeps serving with the other worker (and restarts this one).
     assert wait_final(pair, api(pair, "POST", "run", json={"input": GOOD})["id"])["status"] \

@@ -1,0 +1,62 @@
+"""The benchmarks (bench/) run end to end with a tiny configuration and print figures."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from llmkit.paths import REPO_ROOT
+
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from bench import ttft_chunks  # noqa: E402
+
+HEADINGS = ["## 1. Handler overhead", "## 2. Worker loop overhead", "## 3. Concurrency scaling",
+            "## 4. Time to first token", "## 5. Cold start", "## 6. CPU settings"]
+
+
+@pytest.mark.engine
+@pytest.mark.timeout(900)
+def test_every_benchmark_runs_quick_and_prints_its_figures(tmp_path, tiny_model_dir):
+    out = tmp_path / "results.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.run_all", "--quick", "--json", str(out)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=840)
+    log = proc.stdout[-4000:] + "\n--- stderr ---\n" + proc.stderr[-4000:]
+    assert proc.returncode == 0, log
+    for heading in HEADINGS:
+        assert heading in proc.stdout, f"{heading!r} missing:\n{log}"
+    assert "ratio handler/raw tok/s, stream mode, side by side = " in proc.stdout, log
+    assert "ratio endpoint/raw tok/s at 2 = " in proc.stdout, log
+    results = json.loads(out.read_text())
+    assert not results["_run"]["failed"]
+    ho = results["handler_overhead"]["together"]
+    assert ho["raw stream"]["tok_s"] > 0 and ho["handler stream"]["tok_s"] > 0
+    conc = results["concurrency"]["results"]
+    assert set(conc) == {"raw vLLM", "handler", "endpoint"}
+    assert all(conc[p]["2"]["tok_s"] > 0 for p in conc)
+    assert results["worker_loop"]["rows"]["endpoint, modifier 2"]["chunks"] >= 1
+    assert results["ttft_chunks"]["chunks"]["endpoint (local posts)"]["chunks"] >= 1
+    cold = results["cold_start"]["cases"][0]
+    assert cold["path"] == "handler" and 0 < cold["ready_s"] < cold["first_token_s"]
+    assert results["cpu_settings"]["rows"][0]["b16_tok_s"] > 0
+
+
+def test_chunking_policies_on_a_token_timeline():
+    times = [i * 0.01 for i in range(100)]  # 100 tokens, 10 ms apart
+    official = ttft_chunks.policy_official(times)
+    assert [n for _, n in official] == [1, 3, 9, 27, 50, 10]
+    # Posts faster than tokens: one chunk per token; slower: tokens merge.
+    assert len(ttft_chunks.policy_delta(times, 0.002)) == 100
+    merged = ttft_chunks.policy_delta(times, 0.035)
+    assert merged[0] == (0.0, 1) and sum(n for _, n in merged) == 100
+    assert all(n <= 4 for _, n in merged) and len(merged) <= 30
+    bounded = ttft_chunks.policy_delta(times, 0.002, min_interval_s=0.1)
+    assert len(bounded) <= 11 and bounded[0] == (0.0, 1)
+    s = ttft_chunks.summarise(times, official, 0.0)
+    assert s["posts"] == 6 and s["first_token_ms"] == 0
+    assert s["max_delay_ms"] == pytest.approx(490, abs=1)
