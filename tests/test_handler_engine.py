@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -75,29 +76,36 @@ async def timed_chunks(handler, job_input):
     return out
 
 
+class PacedEngine:
+    """The real engine's config and tokenizer, with one-token outputs at a fixed pace: the
+    handler's chunking policy on a known token timeline."""
+
+    def __init__(self, real, tokens: int, step_s: float) -> None:
+        self.model_config, self.get_tokenizer = real.model_config, real.get_tokenizer
+        self.tokens, self.step_s = tokens, step_s
+
+    async def generate(self, prompt, params, request_id):
+        for i in range(self.tokens):
+            await asyncio.sleep(self.step_s)
+            yield SimpleNamespace(outputs=[SimpleNamespace(text=f" t{i}")],
+                                  finished=i == self.tokens - 1)
+
+
 @pytest.mark.parametrize("interval", [250], indirect=True)
-def test_stream_chunks_are_spaced_by_the_interval_and_the_first_is_not_held(handler,
-                                                                           interval):
-    job = {"prompt": "Once upon a time", "answerType": "stream",
-           "sampling_params": {"max_tokens": 200, "min_tokens": 200, "temperature": 0}}
-    timed = handler.run(timed_chunks(handler, job))
-    handler.STREAM_INTERVAL_MS = 0  # the same job, a chunk per engine step
-    baseline = handler.run(timed_chunks(handler, job))
-    handler.STREAM_INTERVAL_MS = interval
-    times = [t for t, _ in timed]
-    # The answer took long enough to need several chunks, and got them.
-    assert times[-1] > 4 * interval / 1000, times
-    assert len(timed) >= 3
-    # The first chunk is not held back: it leaves as soon as it does with no interval
-    # (with slack for a noisy machine), and holds the same text.
-    assert times[0] <= baseline[0][0] + 0.2, (times[0], baseline[0])
-    assert timed[0][1] == baseline[0][1]
-    assert "".join(c["text"] for _, c in timed) == "".join(c["text"] for _, c in baseline)
-    # Between chunks at least the interval passes (the last chunk, the answer's end, may
-    # come sooner), so a long answer makes at most one post per interval.
+def test_stream_chunks_are_spaced_by_the_interval_and_the_first_is_not_held(
+        handler, interval, monkeypatch):
+    paced = PacedEngine(handler.load_engine(), tokens=60, step_s=0.02)  # 1.2 s of tokens
+    monkeypatch.setattr(handler, "load_engine", lambda: paced)
+    timed = handler.run(timed_chunks(handler, {"prompt": "hi", "answerType": "stream"}))
+    times, texts = [t for t, _ in timed], [c["text"] for _, c in timed]
+    assert "".join(texts) == "".join(f" t{i}" for i in range(60))
+    # The first token leaves at once, alone.
+    assert texts[0] == " t0" and times[0] < 0.15, timed[:2]
+    # Then at least the interval passes between chunks (the last one, the answer's end,
+    # may come sooner), so the answer makes one post per interval, not one per token.
     gaps = [b - a for a, b in zip(times[:-1], times[1:], strict=True)]
     assert all(g >= interval / 1000 * 0.95 for g in gaps[:-1]), gaps
-    assert len(timed) <= times[-1] / (interval / 1000) + 2
+    assert 4 <= len(timed) <= times[-1] / (interval / 1000) + 2, times
 
 
 def test_answer_type_defaults_to_normal(handler):

@@ -106,7 +106,10 @@ def test_hostile_inputs_fail_clearly_and_the_worker_keeps_serving(live):
         assert expected in bad["error"], (expected, bad["error"])
         assert len(bad["error"]) < 300 and "Traceback" not in bad["error"]
         good = live.wait_status(live.run(GOOD), timeout=120)
-        assert good["status"] == "COMPLETED" and good["output"][0]["text"], good
+        # One {"text": ...} (normal mode). The tiny random model's 4 tokens may decode to
+        # an empty string, so the text itself is not checked.
+        assert good["status"] == "COMPLETED", good
+        assert [set(c) for c in good["output"]] == [{"text"}], good
     # The same worker process served everything: nothing crashed or restarted.
     assert [w["pid"] for w in live.workers() if w["state"] != "exited"] == pids_before
 
