@@ -111,6 +111,8 @@ def raw_engine_args() -> dict:
     cpu = current_platform.is_cpu()
     if cpu:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND",
+                              ",".join(map(str, sorted(os.sched_getaffinity(0)))))
     args = {"model": os.environ["MODEL"], "dtype": "float32" if cpu else "auto",
             "enforce_eager": cpu, "gpu_memory_utilization": 0.3 if cpu else 0.90,
             "tensor_parallel_size": 1, "trust_remote_code": False}

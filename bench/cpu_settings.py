@@ -6,8 +6,9 @@ stay up (an idle engine costs ~2% of a core) and the measurements alternate betw
 them, so drift on a shared machine hits every setting alike. Jobs go through the
 handler in process: greedy, min_tokens = max_tokens.
 
-vLLM's default binding ('auto') reserves one core for its scheduler and the API
-process, so on 2 cores the model runs on 1 OpenMP thread; '0-1' gives it both.
+vLLM's own binding ('auto') reserves one core for its scheduler and the API process,
+so on 2 cores the model runs on 1 OpenMP thread; 'all' (the handler's CPU default)
+gives it every core.
 
     .venv/bin/python -m bench.cpu_settings [--quick] [--configs ...] [--json OUT]
 """
@@ -41,7 +42,8 @@ def iomp_path() -> str | None:
 def configs(spec: str | None, quick: bool) -> list[dict]:
     """'dtype/threads[/iomp]' items: threads 'auto' (vLLM's default), 'all' (every core)
     or a CPU list; '/iomp' preloads Intel's OpenMP (vLLM's CPU docs advise it)."""
-    spec = spec or ("float32/auto" if quick else "float32/auto,bfloat16/auto,float32/all")
+    # The first item is the handler's CPU default; the others are compared with it.
+    spec = spec or ("float32/all" if quick else "float32/all,bfloat16/all,float32/auto")
     out = []
     for item in spec.split(","):
         dtype, bind, *extra = item.split("/")
@@ -52,7 +54,7 @@ def configs(spec: str | None, quick: bool) -> list[dict]:
             env["LD_PRELOAD"] = iomp_path()
         if bind == "all":
             env["VLLM_CPU_OMP_THREADS_BIND"] = all_cores()
-        elif bind != "auto":
+        else:  # 'auto' too: the handler would otherwise bind every core
             env["VLLM_CPU_OMP_THREADS_BIND"] = bind
         n = len(all_cores().split(","))
         threads = (str(n) if bind == "all" else f"{max(n - 1, 1)} (auto)" if bind == "auto"
@@ -64,7 +66,7 @@ def configs(spec: str | None, quick: bool) -> list[dict]:
 def add_args(p) -> None:
     p.add_argument("--configs", default=None,
                    help="dtype/threads list, threads auto|all|<cpu list> "
-                        "(float32/auto,bfloat16/auto,float32/all; quick the first)")
+                        "(float32/all,bfloat16/all,float32/auto; quick the first)")
     p.add_argument("--tokens", type=int, default=None, help="tokens per job (32; quick 16)")
     p.add_argument("--reps", type=int, default=None, help="rounds (2; quick 1)")
     p.add_argument("--serve", action="store_true", help=_hidden())

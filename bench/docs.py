@@ -216,21 +216,24 @@ def findings(results: dict) -> str:
     cpu = results.get("cpu_settings", {})
     if cpu.get("rows"):
         rows = {r["setting"]: r for r in cpu["rows"]}
-        f32, b16 = rows.get("float32/auto"), rows.get("bfloat16/auto")
+        f32, b16 = rows.get("float32/all"), rows.get("bfloat16/all")
         text = f"**CPU settings.** Fastest at batch 16: {cpu['fastest']}."
         if f32 and b16:
             text += (f" float32 runs {f32['b16_tok_s'] / b16['b16_tok_s']:.1f}x bfloat16 at "
-                     "batch 16 on this CPU without native bf16, so float32 stays the CPU "
+                     "batch 16 on this CPU without native bf16, so float32 is the CPU "
                      "default.")
-        allc = rows.get("float32/all")
-        if f32 and allc:
-            text += (f" Giving OpenMP every core (VLLM_CPU_OMP_THREADS_BIND) instead of "
-                     f"vLLM's auto binding, which keeps one core for the scheduler and the "
-                     f"API process: x{allc['b1_tok_s'] / f32['b1_tok_s']:.2f} at batch 1, "
-                     f"x{allc['b16_tok_s'] / f32['b16_tok_s']:.2f} at batch 16. That pays "
-                     "only while nothing else wants the reserved core: vLLM's scheduler "
-                     "process spins on it while the engine runs (about 85% of a core, seen "
-                     "with top), and the worker's HTTP and output processing run there.")
+        auto = rows.get("float32/auto")
+        if f32 and auto:
+            text += (" OpenMP on every core (the handler sets VLLM_CPU_OMP_THREADS_BIND to "
+                     "them on a CPU) against vLLM's auto binding, which keeps one core for "
+                     "the scheduler and the API process: "
+                     f"x{f32['b1_tok_s'] / auto['b1_tok_s']:.2f} at batch 1, "
+                     f"x{f32['b16_tok_s'] / auto['b16_tok_s']:.2f} at batch 16, so every core "
+                     "is the CPU default. vLLM's scheduler process spins on a core while the "
+                     "engine runs (about 85% of one, seen with top), so several engines on "
+                     "one machine are better off with auto: the local endpoint passes "
+                     "VLLM_CPU_OMP_THREADS_BIND=auto to its workers when it runs more than "
+                     "one.")
         items.append(text)
     ho = results.get("handler_overhead", {}).get("micro")
     if ho:

@@ -69,8 +69,13 @@ ENGINE_ARGS = dict(
     trust_remote_code=_env("TRUST_REMOTE_CODE", _bool, False, None, "true or false"),
 )
 if ON_CPU:
-    # GiB of KV cache on the CPU build; vLLM's engine process reads it at start.
+    # vLLM's engine processes read these at start. KV cache size in GiB; and OpenMP on
+    # every core this process may use, which decodes about 1.5x faster than vLLM's
+    # "auto" (one core kept for its scheduler). Engines sharing a machine want "auto".
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    _cores = (os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity")
+              else range(os.cpu_count() or 1))
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", ",".join(map(str, sorted(_cores))))
 
 
 # %% cell 6 (id engine)

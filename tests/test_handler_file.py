@@ -62,6 +62,24 @@ def test_import_starts_no_engine(handler_path, tiny_model_dir):
     assert result.stdout.split() == ["ok", "3", "float32", str(tiny_model_dir)]
 
 
+@pytest.mark.parametrize("preset", [None, "auto"])
+def test_on_a_cpu_vllm_gets_every_core_unless_told_otherwise(handler_path, tiny_model_dir,
+                                                             preset):
+    code = "import os; print(os.environ['VLLM_CPU_OMP_THREADS_BIND'])\n"
+    env = {"MODEL": str(tiny_model_dir)}
+    if preset:
+        env["VLLM_CPU_OMP_THREADS_BIND"] = preset
+    saved = os.environ.pop("VLLM_CPU_OMP_THREADS_BIND", None)
+    try:
+        result = run_handler_code(handler_path, code, **env)
+    finally:
+        if saved is not None:
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = saved
+    assert result.returncode == 0, result.stderr[-2000:]
+    every_core = ",".join(map(str, sorted(os.sched_getaffinity(0))))
+    assert result.stdout.split() == [preset or every_core]
+
+
 @pytest.mark.parametrize("name, value, expected", [
     ("CONCURRENCY_MODIFIER", "zero", "CONCURRENCY_MODIFIER='zero' is not valid"),
     ("CONCURRENCY_MODIFIER", "0", "an integer from 1 to 1024"),

@@ -191,6 +191,19 @@ def long_job(tokens=1800):
                       "sampling_params": {"max_tokens": tokens, "min_tokens": tokens}}}
 
 
+def test_several_workers_on_one_machine_get_vllms_own_core_binding(pair):
+    # One engine alone binds every core (the handler's CPU default); two would fight.
+    for pid in live_worker_pids(pair):
+        assert psutil.Process(pid).environ().get("VLLM_CPU_OMP_THREADS_BIND") == "auto"
+
+
+def live_worker_pids(endpoint):
+    pids = [w["pid"] for w in api(endpoint, "GET", "workers")["workers"]
+            if w["state"] != "exited"]
+    assert len(pids) == 2, pids
+    return pids
+
+
 def test_1000_jobs_at_32_concurrent_lose_nothing(pair):
     report = soak.run_load(pair, jobs=1000, concurrency=32, tokens=8)
     print(json.dumps({k: v for k, v in report.items() if k != "memory_samples"}, indent=2))

@@ -99,6 +99,10 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         if args.concurrency:
             worker_vars["CONCURRENCY_MODIFIER"] = str(args.concurrency)
+        if args.workers > 1 and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
+            # On a CPU, the handler binds its engine to every core; several engines on
+            # one machine would fight over them. vLLM's own binding shares better.
+            worker_vars["VLLM_CPU_OMP_THREADS_BIND"] = "auto"
     config = EndpointConfig(endpoint_id=args.endpoint_id, api_key=api_key,
                             execution_timeout_s=args.execution_timeout)
     return asyncio.run(_serve(args, config, handler, worker_vars))
