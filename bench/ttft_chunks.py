@@ -7,10 +7,11 @@ and a client of the local endpoint (POST /run -> first chunk read from /stream).
 Chunks: one long answer through the endpoint (the worker posts one HTTP request per
 chunk): chunks per job, tokens and bytes per chunk. The handler's policy: vLLM's
 RequestOutputKind.DELTA (while the worker awaits a post, vLLM merges the tokens that
-arrive) plus at least STREAM_INTERVAL_MS (100 ms) between chunks, the first chunk
-leaving at once. It is measured through the endpoint and with a consumer that takes
-`--post-ms` per chunk (a slow uplink), and compared, replayed on the same engine
-token timeline, with DELTA alone and with the official vLLM worker's old policy
+arrive) plus a gap between chunks that starts at STREAM_INTERVAL_MS (100 ms) and
+doubles per chunk up to STREAM_INTERVAL_MAX_MS (500 ms), the first chunk leaving at
+once. It is measured through the endpoint and with a consumer that takes `--post-ms`
+per chunk (a slow uplink), and compared, replayed on the same engine token timeline,
+with DELTA alone, a flat 100 ms gap, and the official vLLM worker's old policy
 (chunks of 1, 3, 9, 27, then 50 tokens).
 
     .venv/bin/python -m bench.ttft_chunks [--quick] [--model SPEC] [--json OUT]
@@ -46,17 +47,21 @@ def policy_official(times: list[float], cap: int = 50, growth: int = 3) -> list[
     return chunks
 
 
-def policy_delta(times: list[float], post_s: float, min_interval_s: float = 0.0) -> list:
+def policy_delta(times: list[float], post_s: float, min_interval_s: float = 0.0,
+                 max_interval_s: float | None = None) -> list:
     """vLLM DELTA merging: a chunk holds every token that arrived while the previous
-    post was in flight (post_s), or, with min_interval_s, since the last post began."""
-    chunks, i, ready = [], 0, times[0]
+    post was in flight (post_s), or, with min_interval_s, since the last post began.
+    With max_interval_s, the handler's policy: that gap doubles per chunk up to it."""
+    chunks, i, ready, gap = [], 0, times[0], min_interval_s
     while i < len(times):
         t = max(ready, times[i])
         j = i
         while j < len(times) and times[j] <= t:
             j += 1
         chunks.append((t, j - i))
-        i, ready = j, t + max(post_s, min_interval_s)
+        i, ready = j, t + max(post_s, gap)
+        if max_interval_s is not None:
+            gap = min(2 * gap, max_interval_s)
     return chunks
 
 
@@ -81,7 +86,9 @@ def compare_policies(times: list[float], post_ms_list=(2.0, 30.0)) -> list[dict]
         cases = [("one post per token", [(t, 1) for t in times]),
                  ("official 1,3,9,27,50", policy_official(times)),
                  ("DELTA alone (STREAM_INTERVAL_MS=0)", policy_delta(times, post)),
-                 ("kit: DELTA + >= 100 ms between posts", policy_delta(times, post, 0.1))]
+                 ("kit: DELTA + 100 ms between posts", policy_delta(times, post, 0.1)),
+                 ("kit: DELTA + 100 -> 500 ms between posts",
+                  policy_delta(times, post, 0.1, 0.5))]
         for name, chunks in cases:
             rows.append({"post_ms": post_ms, "policy": name, **summarise(times, chunks, post)})
     return rows

@@ -47,10 +47,16 @@ MAX_MODEL_LEN = _env("MAX_MODEL_LEN", int, None, lambda v: v >= 16, "an integer 
 CONCURRENCY_MODIFIER = _env("CONCURRENCY_MODIFIER", int, 1, lambda v: 1 <= v <= 1024,
                             "an integer from 1 to 1024")
 DEFAULT_MAX_TOKENS = _env("DEFAULT_MAX_TOKENS", int, 512, lambda v: v >= 1, "an integer >= 1")
-# Stream mode posts a chunk at most this often per job (0: one per engine step). The
-# first text goes out at once; a long answer makes at most 10 HTTP posts a second.
+# Stream mode: a job's first text goes out at once; then chunks are at least
+# STREAM_INTERVAL_MS apart, the gap doubling per chunk up to STREAM_INTERVAL_MAX_MS. Short
+# answers stream smoothly and a long one makes at most 2 HTTP posts a second: each post
+# costs CPU that, on a small machine, the engine misses. 0: one chunk per engine step.
 STREAM_INTERVAL_MS = _env("STREAM_INTERVAL_MS", int, 100, lambda v: 0 <= v <= 60_000,
                           "an integer from 0 to 60000")
+STREAM_INTERVAL_MAX_MS = _env("STREAM_INTERVAL_MAX_MS", int, max(500, STREAM_INTERVAL_MS),
+                              lambda v: STREAM_INTERVAL_MS <= v <= 60_000,
+                              f"an integer from STREAM_INTERVAL_MS ({STREAM_INTERVAL_MS}) "
+                              "to 60000")
 ENGINE_ARGS = dict(
     model=MODEL,
     max_model_len=MAX_MODEL_LEN,
@@ -260,15 +266,16 @@ async def handler(job):
     outputs = engine.generate({"prompt_token_ids": prompt_ids}, params, request_id)
     if stream:
         # Chunking: vLLM hands out DELTA text, which merges while a chunk is posted. On
-        # top of that, text is held back until STREAM_INTERVAL_MS has passed since the
-        # last chunk, so the first text leaves at once and posts stay bounded.
-        pending, last_sent = "", float("-inf")
+        # top of that, text is held back until the gap since the last chunk has passed:
+        # none for the first text, then STREAM_INTERVAL_MS, doubling up to the maximum.
+        pending, last_sent, gap = "", float("-inf"), 0.0
         async for output in outputs:
             pending += output.outputs[0].text
             now = time.monotonic()
-            if pending and (output.finished or now - last_sent >= STREAM_INTERVAL_MS / 1000):
+            if pending and (output.finished or now - last_sent >= gap):
                 finished = output.finished
                 chunk, pending, last_sent = pending, "", now
+                gap = min(max(2 * gap, STREAM_INTERVAL_MS / 1000), STREAM_INTERVAL_MAX_MS / 1000)
                 yield {"text": chunk}
         finished = True
         if pending:  # an answer cut short without a final output

@@ -43,14 +43,14 @@ def run_job(handler, job_input):
 
 @pytest.fixture
 def interval(handler, request):
-    """Set the handler's STREAM_INTERVAL_MS for one test."""
-    saved = handler.STREAM_INTERVAL_MS
-    handler.STREAM_INTERVAL_MS = request.param
+    """Set the handler's STREAM_INTERVAL_MS and STREAM_INTERVAL_MAX_MS for one test."""
+    saved = handler.STREAM_INTERVAL_MS, handler.STREAM_INTERVAL_MAX_MS
+    handler.STREAM_INTERVAL_MS, handler.STREAM_INTERVAL_MAX_MS = request.param
     yield request.param
-    handler.STREAM_INTERVAL_MS = saved
+    handler.STREAM_INTERVAL_MS, handler.STREAM_INTERVAL_MAX_MS = saved
 
 
-@pytest.mark.parametrize("interval", [0, 100], indirect=True)
+@pytest.mark.parametrize("interval", [(0, 0), (100, 500)], indirect=True)
 @pytest.mark.parametrize("sampling", [
     {"temperature": 0},                         # greedy
     {"temperature": 0.9, "top_p": 0.9, "seed": 1234},  # seeded sampling
@@ -62,7 +62,7 @@ def test_stream_chunks_concatenate_to_the_normal_text(handler, sampling, interva
     normal = run_job(handler, {**ask, "answerType": "normal"})
     assert len(normal) == 1 and set(normal[0]) == {"text"}
     assert all(set(c) == {"text"} and c["text"] for c in stream)
-    if interval == 0:
+    if interval == (0, 0):
         assert len(stream) > 1, "stream mode should yield more than one chunk"
     assert "".join(c["text"] for c in stream) == normal[0]["text"]
     assert normal[0]["text"]
@@ -91,21 +91,23 @@ class PacedEngine:
                                   finished=i == self.tokens - 1)
 
 
-@pytest.mark.parametrize("interval", [250], indirect=True)
-def test_stream_chunks_are_spaced_by_the_interval_and_the_first_is_not_held(
+@pytest.mark.parametrize("interval", [(100, 400)], indirect=True)
+def test_stream_chunks_are_spaced_by_a_growing_interval_and_the_first_is_not_held(
         handler, interval, monkeypatch):
-    paced = PacedEngine(handler.load_engine(), tokens=60, step_s=0.02)  # 1.2 s of tokens
+    paced = PacedEngine(handler.load_engine(), tokens=80, step_s=0.02)  # 1.6 s of tokens
     monkeypatch.setattr(handler, "load_engine", lambda: paced)
     timed = handler.run(timed_chunks(handler, {"prompt": "hi", "answerType": "stream"}))
     times, texts = [t for t, _ in timed], [c["text"] for _, c in timed]
-    assert "".join(texts) == "".join(f" t{i}" for i in range(60))
+    assert "".join(texts) == "".join(f" t{i}" for i in range(80))
     # The first token leaves at once, alone.
     assert texts[0] == " t0" and times[0] < 0.15, timed[:2]
-    # Then at least the interval passes between chunks (the last one, the answer's end,
-    # may come sooner), so the answer makes one post per interval, not one per token.
+    # Then the gaps between chunks are 0.1, 0.2, 0.4, 0.4 ... s (the last chunk, the
+    # answer's end, may come sooner): posts grow with time, not with tokens.
+    start, cap = interval[0] / 1000, interval[1] / 1000
+    want = [min(start * 2 ** k, cap) for k in range(len(times) - 1)]
     gaps = [b - a for a, b in zip(times[:-1], times[1:], strict=True)]
-    assert all(g >= interval / 1000 * 0.95 for g in gaps[:-1]), gaps
-    assert 4 <= len(timed) <= times[-1] / (interval / 1000) + 2, times
+    assert all(w * 0.95 <= g <= w + 0.25 for g, w in zip(gaps[:-1], want, strict=False)), gaps
+    assert 5 <= len(timed) <= 4 + (times[-1] - 0.7) / cap + 2, times
 
 
 def test_answer_type_defaults_to_normal(handler):

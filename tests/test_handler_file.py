@@ -87,6 +87,9 @@ def test_on_a_cpu_vllm_gets_every_core_unless_told_otherwise(handler_path, tiny_
     ("MAX_MODEL_LEN", "4k", "MAX_MODEL_LEN='4k' is not valid"),
     ("ENFORCE_EAGER", "maybe", "ENFORCE_EAGER='maybe' is not valid: expected true or false"),
     ("STREAM_INTERVAL_MS", "-1", "STREAM_INTERVAL_MS='-1' is not valid: expected an integer"),
+    ("STREAM_INTERVAL_MAX_MS", "50",  # below STREAM_INTERVAL_MS, 100 by default
+     "STREAM_INTERVAL_MAX_MS='50' is not valid: expected an integer from STREAM_INTERVAL_MS "
+     "(100) to 60000"),
 ])
 def test_bad_settings_stop_start_up_with_a_clear_message(handler_path, tiny_model_dir, name,
                                                          value, expected):
