@@ -143,7 +143,9 @@ def main(argv: list[str] | None = None) -> int:
                 results[name] = previous[name]
                 results[name].setdefault("ran_at", previous["_run"]["date"])
         engine_starts = {**previous["_run"].get("engine_starts_s", {}), **engine_starts}
-    info = {"machine": c.machine(), "model": c.model_label(args), "quick": args.quick,
+    merged = sorted(n for n in ALL if n in results and n not in only)
+    info = {"merged": merged, "machine": c.machine(), "model": c.model_label(args),
+            "quick": args.quick,
             "date": time.strftime("%Y-%m-%d %H:%M %Z"), "engine_starts_s": engine_starts,
             "total_s": time.monotonic() - t_start, "failed": failed,
             "load_1min": [load_start, os.getloadavg()[0]],

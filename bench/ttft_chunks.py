@@ -51,15 +51,18 @@ def policy_delta(times: list[float], post_s: float, min_interval_s: float = 0.0,
                  max_interval_s: float | None = None) -> list:
     """vLLM DELTA merging: a chunk holds every token that arrived while the previous
     post was in flight (post_s), or, with min_interval_s, since the last post began.
-    With max_interval_s, the handler's policy: that gap doubles per chunk up to it."""
-    chunks, i, ready, gap = [], 0, times[0], min_interval_s
+    With max_interval_s, the handler's policy: that gap doubles per chunk up to it.
+    The answer's end goes out as soon as the previous post is done, gap or not."""
+    chunks, i, ready, posted, gap = [], 0, times[0], times[0], min_interval_s
     while i < len(times):
         t = max(ready, times[i])
+        if times[-1] < t:
+            t = max(posted, times[-1])
         j = i
         while j < len(times) and times[j] <= t:
             j += 1
         chunks.append((t, j - i))
-        i, ready = j, t + max(post_s, gap)
+        i, ready, posted = j, t + max(post_s, gap), t + post_s
         if max_interval_s is not None:
             gap = min(2 * gap, max_interval_s)
     return chunks

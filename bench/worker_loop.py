@@ -63,15 +63,15 @@ async def post_cost(ctx: c.Context, n: int) -> dict:
 
 def add_args(p) -> None:
     p.add_argument("--tokens", type=int, default=None, help="tokens per job (64; quick 32)")
-    p.add_argument("--reps", type=int, default=None, help="rounds per variant (2)")
-    p.add_argument("--jobs", type=int, default=2, help="jobs back to back per round (2)")
+    p.add_argument("--reps", type=int, default=None, help="rounds per variant (3)")
+    p.add_argument("--jobs", type=int, default=3, help="jobs back to back per round (3)")
     p.add_argument("--modifiers", default=None,
                    help="CONCURRENCY_MODIFIER of each endpoint to compare (1,16; quick 2)")
 
 
 def measure(ctx: c.Context, args) -> dict:
     tokens = args.tokens or (32 if args.quick else 64)
-    reps = args.reps or 2
+    reps = args.reps or 3
     modifiers = [int(x) for x in (args.modifiers or ("2" if args.quick else "1,16")).split(",")]
     ip = ctx.inproc()
     eps = {m: ctx.endpoint(m) for m in modifiers}

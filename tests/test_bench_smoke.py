@@ -57,6 +57,10 @@ def test_chunking_policies_on_a_token_timeline():
     assert all(n <= 4 for _, n in merged) and len(merged) <= 30
     bounded = ttft_chunks.policy_delta(times, 0.002, min_interval_s=0.1)
     assert len(bounded) <= 11 and bounded[0] == (0.0, 1)
+    # The handler's policy: gaps of 0.1, 0.2, 0.4, 0.4 s after the first token.
+    growing = ttft_chunks.policy_delta(times, 0.002, min_interval_s=0.1, max_interval_s=0.4)
+    assert [round(t, 2) for t, _ in growing] == [0.0, 0.1, 0.3, 0.7, 0.99]
+    assert sum(n for _, n in growing) == 100
     s = ttft_chunks.summarise(times, official, 0.0)
     assert s["posts"] == 6 and s["first_token_ms"] == 0
     assert s["max_delay_ms"] == pytest.approx(490, abs=1)
