@@ -11,7 +11,8 @@ them), ``public_api`` and ``worker_api`` (the two HTTP sides), ``server`` (the a
 ``workers`` (the worker process supervisor), ``__main__`` (the command line).
 """
 
-from llmkit.endpoint.httputil import DEV_API_KEY, EndpointConfig, worker_key
+from llmkit.endpoint.auth import worker_key
+from llmkit.endpoint.config import DEV_API_KEY, EndpointConfig
 from llmkit.endpoint.server import LocalEndpoint, build_app
 from llmkit.endpoint.worker_api import worker_env
 

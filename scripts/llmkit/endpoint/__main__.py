@@ -16,7 +16,7 @@ import signal
 import sys
 from pathlib import Path
 
-from llmkit.endpoint.httputil import DEV_API_KEY, EndpointConfig
+from llmkit.endpoint.config import DEV_API_KEY, EndpointConfig
 from llmkit.endpoint.server import LocalEndpoint
 from llmkit.endpoint.worker_api import worker_env
 from llmkit.paths import REPO_ROOT

@@ -12,15 +12,9 @@ import logging
 from aiohttp import web
 
 from llmkit.endpoint import jobs
-from llmkit.endpoint.httputil import (
-    RUN_LIMIT,
-    RUNSYNC_LIMIT,
-    ApiError,
-    EndpointState,
-    endpoint_state,
-    read_json,
-    wait_until,
-)
+from llmkit.endpoint.auth import endpoint_state
+from llmkit.endpoint.config import RUN_LIMIT, RUNSYNC_LIMIT, EndpointState
+from llmkit.endpoint.httputil import ApiError, read_json, wait_until
 
 log = logging.getLogger("llmkit.endpoint")
 routes = web.RouteTableDef()

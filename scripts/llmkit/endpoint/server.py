@@ -9,13 +9,8 @@ import aiohttp
 from aiohttp import web
 
 from llmkit.endpoint import public_api, worker_api
-from llmkit.endpoint.httputil import (
-    RUNSYNC_LIMIT,
-    STATE,
-    EndpointConfig,
-    EndpointState,
-    json_errors,
-)
+from llmkit.endpoint.config import RUNSYNC_LIMIT, STATE, EndpointConfig, EndpointState
+from llmkit.endpoint.httputil import json_errors
 from llmkit.endpoint.jobs import Job, JobStore
 from llmkit.endpoint.registry import Registry
 

@@ -22,16 +22,9 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from llmkit.endpoint import jobs, registry
-from llmkit.endpoint.httputil import (
-    DEV_API_KEY,
-    RUNSYNC_LIMIT,
-    ApiError,
-    endpoint_state,
-    hung_up,
-    read_json,
-    wait_until,
-    worker_key,
-)
+from llmkit.endpoint.auth import endpoint_state, worker_key
+from llmkit.endpoint.config import DEV_API_KEY, RUNSYNC_LIMIT
+from llmkit.endpoint.httputil import ApiError, hung_up, read_json, wait_until
 
 log = logging.getLogger("llmkit.endpoint")
 routes = web.RouteTableDef()

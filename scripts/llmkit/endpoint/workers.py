@@ -30,7 +30,7 @@ from pathlib import Path
 
 import psutil
 
-from llmkit.endpoint.httputil import EndpointState
+from llmkit.endpoint.config import EndpointState
 from llmkit.endpoint.worker_api import worker_env
 
 log = logging.getLogger("llmkit.endpoint")
