@@ -1,4 +1,4 @@
-"""Fixtures for the local endpoint: the server as a subprocess, fake and real workers.
+"""Fixtures for the local endpoint (run by llmkit.endpoint.harness): fake and real workers.
 
 Loaded with ``pytest_plugins = ["endpoint_fixtures"]`` so that the session-scoped
 live endpoint (one real vLLM worker on the tiny model) is shared by every module.
@@ -7,22 +7,12 @@ live endpoint (one real vLLM worker on the tiny model) is shared by every module
 from __future__ import annotations
 
 import json
-import os
-import re
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import psutil
 import pytest
 import requests
 
-from llmkit.endpoint import worker_key
-from llmkit.paths import REPO_ROOT
-
-FINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT")
+from llmkit.endpoint.harness import EndpointClient, EndpointProcess
 
 # A worker that needs no vLLM: the SDK's production loop around a toy async handler.
 FAKE_HANDLER = '''
@@ -49,122 +39,12 @@ if __name__ == "__main__":
 '''
 
 
-class Endpoint:
-    """A running ``python -m llmkit.endpoint`` and a small client for it."""
-
-    def __init__(self, args: list[str], log_path: Path, api_key: str, endpoint_id: str,
-                 env: dict | None = None) -> None:
-        self.api_key, self.endpoint_id, self.log_path = api_key, endpoint_id, log_path
-        self._terminated = False
-        full_env = {**os.environ, "MAX_MODEL_LEN": "2048", "HF_HUB_OFFLINE": "1",
-                    **(env or {})}
-        full_env.pop("RUNPOD_API_KEY", None)
-        self._log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "llmkit.endpoint", "--port", "0", "--api-key", api_key,
-             "--endpoint-id", endpoint_id, *args],
-            cwd=REPO_ROOT, env=full_env, stdout=self._log, stderr=subprocess.STDOUT,
-            start_new_session=True)
-        match = self.wait_for_log(r"base url: (\S+)", timeout=60)
-        self.base = match.group(1)                     # http://127.0.0.1:PORT/v2
-        self.root = self.base[: -len("/v2")]
-        self.url = f"{self.base}/{endpoint_id}"
-        self.headers = {"Authorization": f"Bearer {api_key}"}
-        self.worker_key = worker_key(api_key, endpoint_id)
-
-    # ---- client side ---------------------------------------------------------------
-    def call(self, method: str, op: str, **kwargs) -> requests.Response:
-        kwargs.setdefault("headers", self.headers)
-        kwargs.setdefault("timeout", 120)
-        return requests.request(method, f"{self.url}/{op}", **kwargs)
-
-    def json(self, method: str, op: str, **kwargs) -> dict:
-        reply = self.call(method, op, **kwargs)
-        assert reply.status_code == 200, (reply.status_code, reply.text)
-        return reply.json()
-
-    def run(self, job_input, **extra) -> str:
-        return self.json("POST", "run", json={"input": job_input, **extra})["id"]
-
-    def status(self, job_id: str) -> dict:
-        return self.json("GET", f"status/{job_id}")
-
-    def wait_status(self, job_id: str, statuses=FINAL, timeout: float = 120) -> dict:
-        deadline = time.monotonic() + timeout
-        while True:
-            state = self.status(job_id)
-            if state["status"] in statuses:
-                return state
-            assert time.monotonic() < deadline, f"job stuck: {state}\n{self.log_tail()}"
-            time.sleep(0.1)
-
-    def health(self) -> dict:
-        return self.json("GET", "health")
-
-    def workers(self) -> list[dict]:
-        return self.json("GET", "workers")["workers"]
-
-    def wait_ready(self, count: int = 1, timeout: float = 300) -> None:
-        """Until ``count`` workers poll for jobs (a vLLM worker needs about a minute)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            workers = self.health()["workers"]
-            if workers["idle"] + workers["running"] >= count:
-                return
-            assert self.proc.poll() is None, f"endpoint exited\n{self.log_tail()}"
-            assert time.monotonic() < deadline, f"no ready worker\n{self.log_tail()}"
-            time.sleep(0.5)
-
-    def wait_idle(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while self.health()["jobs"]["inProgress"] or self.health()["workers"]["running"]:
-            assert time.monotonic() < deadline, self.log_tail()
-            time.sleep(0.2)
-
-    # ---- the log -------------------------------------------------------------------
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def log_tail(self, lines: int = 60) -> str:
-        return "\n".join(self.log_text().splitlines()[-lines:])
-
-    def wait_for_log(self, pattern: str, timeout: float = 60) -> re.Match:
-        deadline = time.monotonic() + timeout
-        while True:
-            match = re.search(pattern, self.log_path.read_text(errors="replace"))
-            if match:
-                return match
-            if self.proc.poll() is not None:
-                raise AssertionError(f"endpoint exited ({self.proc.returncode}) waiting for "
-                                     f"{pattern!r}\n{self.log_tail()}")
-            assert time.monotonic() < deadline, f"no {pattern!r} in log\n{self.log_tail()}"
-            time.sleep(0.1)
-
-    # ---- shutdown ------------------------------------------------------------------
-    def terminate(self) -> None:
-        """SIGTERM (like Ctrl-C): the endpoint drains its workers and exits."""
-        self._terminated = True
-        self.proc.send_signal(signal.SIGTERM)
-
-    def stop(self, timeout: float = 60) -> int:
-        if self.proc.poll() is None:
-            if not self._terminated:
-                self.terminate()
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        self._log.close()
-        return self.proc.returncode
-
-
 class FakeWorker:
     """Speaks the worker side of the protocol by hand, as the SDK does."""
 
-    def __init__(self, endpoint: Endpoint, worker_id: str = "hand-1") -> None:
+    def __init__(self, endpoint: EndpointClient, worker_id: str = "hand-1") -> None:
         self.endpoint, self.id = endpoint, worker_id
-        self.prefix = f"{endpoint.root}/v2/{endpoint.endpoint_id}"
+        self.prefix = endpoint.url
         self.headers = {"Authorization": endpoint.worker_key}  # raw key, as the SDK sends
 
     def _url(self, route: str, extra: str = "") -> str:
@@ -197,24 +77,6 @@ class FakeWorker:
                             params={"job_id": ",".join(job_ids), "runpod_version": "test"})
 
 
-def alive(pids) -> list[int]:
-    """The pids that still run (zombies count as gone)."""
-    out = []
-    for pid in pids:
-        try:
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                out.append(pid)
-        except psutil.NoSuchProcess:
-            pass
-    return out
-
-
-def stream_input(tokens: int, stream: bool = True, prompt: str = "hello world") -> dict:
-    """A job that generates exactly ``tokens`` tokens (min_tokens = max_tokens)."""
-    return {"prompt": prompt, "answerType": "stream" if stream else "normal",
-            "sampling_params": {"max_tokens": tokens, "min_tokens": tokens}}
-
-
 @pytest.fixture(scope="session")
 def fake_handler(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("fake-handler") / "handler.py"
@@ -229,25 +91,23 @@ def live_endpoint(tmp_path_factory, tiny_model_dir, handler_path):
     Tests must leave it idle. A test that kills the worker uses ``live_to_kill``.
     """
     log = tmp_path_factory.mktemp("live-endpoint") / "endpoint.log"
-    endpoint = Endpoint(["--workers", "1", "--concurrency", "4", "--model", str(tiny_model_dir),
-                         "--handler", str(handler_path)], log, "live-key", "live")
-    try:
-        endpoint.wait_ready(timeout=600)  # minutes when the CPU is shared
+    with EndpointProcess(workers=1, concurrency=4, model=tiny_model_dir, handler=handler_path,
+                         endpoint_id="live", api_key="live-key", log_path=log,
+                         env={"MAX_MODEL_LEN": "2048"}) as endpoint:
+        endpoint.wait_workers(timeout=600)  # minutes when the CPU is shared
         yield endpoint
-    finally:
-        endpoint.stop()
 
 
 @pytest.fixture
-def live(live_endpoint) -> Endpoint:
+def live(live_endpoint) -> EndpointProcess:
     """The live endpoint, with a ready worker and nothing running (waits if needed)."""
-    live_endpoint.wait_ready(timeout=400)
+    live_endpoint.wait_workers(timeout=400)
     live_endpoint.wait_idle()
     return live_endpoint
 
 
 @pytest.fixture
-def live_to_kill(live) -> Endpoint:
+def live_to_kill(live) -> EndpointProcess:
     """The live endpoint, for a test that kills its worker: such tests run last."""
     return live
 

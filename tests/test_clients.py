@@ -14,10 +14,12 @@ import time
 
 import pytest
 
+from llmkit.endpoint.harness import EndpointClient, EndpointProcess
+from llmkit.job_inputs import exact_tokens
 from llmkit.paths import REPO_ROOT
 
 pytest.register_assert_rewrite("endpoint_fixtures")  # before the import, to rewrite its asserts
-from endpoint_fixtures import Endpoint, FakeWorker, stream_input  # noqa: E402
+from endpoint_fixtures import FakeWorker  # noqa: E402
 
 pytest_plugins = ["endpoint_fixtures"]
 
@@ -33,7 +35,7 @@ def _load_client():
 client = _load_client()
 
 
-def run_client(endpoint: Endpoint, *args: str, out=None) -> tuple[int, str, str]:
+def run_client(endpoint: EndpointClient, *args: str, out=None) -> tuple[int, str, str]:
     out = out or io.StringIO()
     err = io.StringIO()
     code = client.main(["--base-url", endpoint.base, "--endpoint-id", endpoint.endpoint_id,
@@ -44,13 +46,12 @@ def run_client(endpoint: Endpoint, *args: str, out=None) -> tuple[int, str, str]
 
 @pytest.fixture(scope="module")
 def queue_ep(tmp_path_factory):
-    endpoint = Endpoint(["--workers", "0"], tmp_path_factory.mktemp("clients") / "log",
-                        "client-key", "clients")
-    yield endpoint
-    endpoint.stop()
+    with EndpointProcess(workers=0, endpoint_id="clients", api_key="client-key",
+                         log_path=tmp_path_factory.mktemp("clients") / "log") as endpoint:
+        yield endpoint
 
 
-def _client_in_thread(endpoint: Endpoint, *args: str):
+def _client_in_thread(endpoint: EndpointClient, *args: str):
     result = {}
 
     def target():
@@ -110,17 +111,14 @@ def test_client_normal_modes_end_on_failed(queue_ep, mode):
 
 
 def test_client_ends_cleanly_on_timed_out(tmp_path):
-    endpoint = Endpoint(["--workers", "0", "--execution-timeout", "1"], tmp_path / "log", "k",
-                        "slow")
-    try:
+    with EndpointProcess(workers=0, endpoint_id="slow", args=["--execution-timeout", "1"],
+                         log_path=tmp_path / "log") as endpoint:
         thread, result = _client_in_thread(endpoint, "--prompt", "hi")
         FakeWorker(endpoint, "c-slow").take()  # and never answers
         thread.join(30)
         assert result["code"] == 1
         assert "TIMED_OUT after" in result["err"]
         assert "job ran past its execution timeout of 1 s" in result["err"]
-    finally:
-        endpoint.stop()
 
 
 def test_client_reports_http_errors(queue_ep, tmp_path):
@@ -209,7 +207,7 @@ def sdk(live, monkeypatch):
 
 @pytest.mark.engine
 def test_sdk_run_status_output(sdk, live):
-    job = sdk.run(stream_input(30, stream=False))
+    job = sdk.run(exact_tokens(30, stream=False))
     assert job.status() in ("IN_QUEUE", "IN_PROGRESS", "COMPLETED")
     output = job.output(timeout=60)
     assert job.status() == "COMPLETED"
@@ -218,13 +216,13 @@ def test_sdk_run_status_output(sdk, live):
 
 @pytest.mark.engine
 def test_sdk_run_sync(sdk):
-    output = sdk.run_sync({"input": stream_input(30, stream=False)}, timeout=60)
+    output = sdk.run_sync({"input": exact_tokens(30, stream=False)}, timeout=60)
     assert isinstance(output, list) and output[0]["text"]
 
 
 @pytest.mark.engine
 def test_sdk_stream(sdk, live):
-    job = sdk.run(stream_input(400))
+    job = sdk.run(exact_tokens(400))
     chunks = list(job.stream())  # polls /stream each second until the job is done
     assert len(chunks) >= 2 and all(isinstance(c["text"], str) for c in chunks)
     assert live.status(job.job_id)["output"] == chunks
@@ -232,7 +230,7 @@ def test_sdk_stream(sdk, live):
 
 @pytest.mark.engine
 def test_sdk_cancel(sdk, live):
-    job = sdk.run(stream_input(2000))
+    job = sdk.run(exact_tokens(2000))
     live.wait_status(job.job_id, ("IN_PROGRESS",))
     assert job.cancel() == {"id": job.job_id, "status": "CANCELLED"}
     assert job.status() == "CANCELLED"

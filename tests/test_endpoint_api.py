@@ -14,9 +14,10 @@ import pytest
 import requests
 
 from llmkit.endpoint import worker_env, worker_key
+from llmkit.endpoint.harness import EndpointProcess
 
 pytest.register_assert_rewrite("endpoint_fixtures")  # before the import, to rewrite its asserts
-from endpoint_fixtures import Endpoint, FakeWorker  # noqa: E402
+from endpoint_fixtures import FakeWorker  # noqa: E402
 
 pytest_plugins = ["endpoint_fixtures"]
 MB = 1024 * 1024
@@ -24,14 +25,14 @@ MB = 1024 * 1024
 
 @pytest.fixture(scope="module")
 def queue_endpoint(tmp_path_factory):
-    endpoint = Endpoint(["--workers", "0"], tmp_path_factory.mktemp("api") / "endpoint.log",
-                        "api-key", "api")
-    yield endpoint
+    endpoint = EndpointProcess(workers=0, endpoint_id="api", api_key="api-key",
+                               log_path=tmp_path_factory.mktemp("api") / "endpoint.log")
+    yield endpoint.start()
     assert endpoint.stop() == 0
 
 
 @pytest.fixture
-def ep(queue_endpoint) -> Endpoint:
+def ep(queue_endpoint) -> EndpointProcess:
     """The queue-only endpoint, with an empty queue."""
     queue_endpoint.json("POST", "purge-queue")
     return queue_endpoint
@@ -312,8 +313,8 @@ def test_webhook_gets_the_final_status(ep):
 
 
 def test_execution_timeout_gives_timed_out_and_stops_the_job(tmp_path):
-    endpoint = Endpoint(["--workers", "0", "--execution-timeout", "1"], tmp_path / "log",
-                        "t-key", "t")
+    endpoint = EndpointProcess(workers=0, endpoint_id="t", args=["--execution-timeout", "1"],
+                               log_path=tmp_path / "log").start()
     try:
         worker = FakeWorker(endpoint, "slow-1")
         job_id = endpoint.run({"prompt": "hi"})

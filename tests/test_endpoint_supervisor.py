@@ -18,30 +18,28 @@ import psutil
 import pytest
 
 from llmkit.endpoint import worker_env
-
-pytest.register_assert_rewrite("endpoint_fixtures")  # before the import, to rewrite its asserts
-from endpoint_fixtures import Endpoint, alive  # noqa: E402
+from llmkit.endpoint.harness import EndpointProcess
+from llmkit.processes import alive
 
 pytest_plugins = ["endpoint_fixtures"]
 
 
 @pytest.fixture(scope="module")
 def sdk_endpoint(tmp_path_factory, fake_handler, tiny_model_dir):
-    endpoint = Endpoint(["--workers", "1", "--concurrency", "2", "--handler", str(fake_handler),
-                         "--model", str(tiny_model_dir)],
-                        tmp_path_factory.mktemp("sdk") / "endpoint.log", "sdk-key", "sdk")
-    yield endpoint
-    endpoint.stop()
+    with EndpointProcess(workers=1, concurrency=2, handler=fake_handler, model=tiny_model_dir,
+                         endpoint_id="sdk", log_path=tmp_path_factory.mktemp("sdk") / "log") \
+            as endpoint:
+        yield endpoint
 
 
 @pytest.fixture
-def sdk(sdk_endpoint) -> Endpoint:
-    sdk_endpoint.wait_ready(timeout=120)
+def sdk(sdk_endpoint) -> EndpointProcess:
+    sdk_endpoint.wait_workers(timeout=120)
     sdk_endpoint.wait_idle()
     return sdk_endpoint
 
 
-def _ready_worker(endpoint: Endpoint) -> dict:
+def _ready_worker(endpoint: EndpointProcess) -> dict:
     return next(w for w in endpoint.workers() if w["state"] == "ready")
 
 
@@ -102,7 +100,7 @@ def test_killed_worker_fails_its_job_and_leaves_no_process(sdk):
     assert not alive(family), "the heartbeat child outlived its worker"
     assert not workdir.exists()
     # A replacement starts (in a new directory) and the queue goes on.
-    sdk.wait_ready(timeout=120)
+    sdk.wait_workers(timeout=120)
     assert sdk.health()["workers"]["unhealthy"] == 0
     assert sdk.wait_status(sdk.run({"chunks": 1}))["status"] == "COMPLETED"
     ids = [w["id"] for w in sdk.workers()]
@@ -113,16 +111,15 @@ def test_a_worker_exiting_mid_job_fails_the_job(sdk):
     state = sdk.wait_status(sdk.run({"exit": 3}), timeout=30)
     assert state["status"] == "FAILED" and "exited with code 3 while running this job" in \
         state["error"]
-    sdk.wait_ready(timeout=120)
+    sdk.wait_workers(timeout=120)
     assert sdk.wait_status(sdk.run({"chunks": 1}))["status"] == "COMPLETED"
 
 
 def test_a_worker_that_cannot_start_is_reported(tmp_path, tiny_model_dir):
     handler = tmp_path / "handler.py"
     handler.write_text('raise SystemExit("MODEL is not set: point it at a model folder")\n')
-    endpoint = Endpoint(["--workers", "1", "--handler", str(handler), "--model",
-                         str(tiny_model_dir)],
-                        tmp_path / "log", "k", "broken")
+    endpoint = EndpointProcess(workers=1, handler=handler, model=tiny_model_dir,
+                               endpoint_id="broken", log_path=tmp_path / "log").start()
     try:
         endpoint.wait_for_log(r"worker-1 exited with code 1 before it took any job; not "
                               r"restarting it\. Its last output:\nMODEL is not set", timeout=60)
@@ -134,9 +131,10 @@ def test_a_worker_that_cannot_start_is_reported(tmp_path, tiny_model_dir):
 
 
 def test_shutdown_drains_workers_and_stops_what_ran(tmp_path, fake_handler, tiny_model_dir):
-    endpoint = Endpoint(["--workers", "1", "--concurrency", "2", "--handler", str(fake_handler),
-                         "--model", str(tiny_model_dir)], tmp_path / "log", "k", "drain")
-    endpoint.wait_ready(timeout=120)
+    endpoint = EndpointProcess(workers=1, concurrency=2, handler=fake_handler,
+                               model=tiny_model_dir, endpoint_id="drain",
+                               log_path=tmp_path / "log").start()
+    endpoint.wait_workers(timeout=120)
     running = endpoint.run({"chunks": 1000, "delay": 0.05})
     endpoint.wait_status(running, ("IN_PROGRESS",))
     time.sleep(0.5)  # the worker has a free slot: its take poll is open
@@ -156,9 +154,9 @@ def test_shutdown_drains_workers_and_stops_what_ran(tmp_path, fake_handler, tiny
 
 
 def test_a_worker_does_not_outlive_the_server(tmp_path, fake_handler, tiny_model_dir):
-    endpoint = Endpoint(["--workers", "1", "--handler", str(fake_handler), "--model",
-                         str(tiny_model_dir)], tmp_path / "log", "k", "orphan")
-    endpoint.wait_ready(timeout=120)
+    endpoint = EndpointProcess(workers=1, handler=fake_handler, model=tiny_model_dir,
+                               endpoint_id="orphan", log_path=tmp_path / "log").start()
+    endpoint.wait_workers(timeout=120)
     worker = _ready_worker(endpoint)
     family = [worker["pid"]] + [p.pid for p in
                                 psutil.Process(worker["pid"]).children(recursive=True)]
@@ -176,7 +174,8 @@ def test_a_worker_does_not_outlive_the_server(tmp_path, fake_handler, tiny_model
 
 def test_an_external_worker_with_worker_env(tmp_path, fake_handler):
     """--workers 0: the queue only; a worker started by hand joins with worker_env."""
-    endpoint = Endpoint(["--workers", "0"], tmp_path / "log", "ext-key", "ext")
+    endpoint = EndpointProcess(workers=0, endpoint_id="ext", api_key="ext-key",
+                               log_path=tmp_path / "log").start()
     workdir = tmp_path / "worker"
     workdir.mkdir()
     env = {**os.environ, **worker_env(endpoint.root, "ext", "by-hand-1", "ext-key"),
@@ -185,7 +184,7 @@ def test_an_external_worker_with_worker_env(tmp_path, fake_handler):
                               stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
                               start_new_session=True)
     try:
-        endpoint.wait_ready(timeout=120)
+        endpoint.wait_workers(timeout=120)
         state = endpoint.wait_status(endpoint.run({"chunks": 2}))
         assert state["status"] == "COMPLETED" and state["workerId"] == "by-hand-1"
     finally:
@@ -197,7 +196,8 @@ def test_an_external_worker_with_worker_env(tmp_path, fake_handler):
 def test_a_stale_runpod_jobs_pkl_is_diagnosed(tmp_path, fake_handler):
     """What happens without a fresh directory: the SDK inherits a dead job and never
     takes another; the endpoint says why."""
-    endpoint = Endpoint(["--workers", "0"], tmp_path / "log", "k", "stale")
+    endpoint = EndpointProcess(workers=0, endpoint_id="stale", api_key="k",
+                               log_path=tmp_path / "log").start()
     workdir = tmp_path / "worker"
     workdir.mkdir()
     code = ("import pickle, sys; from runpod.serverless.modules.worker_state import Job; "
@@ -219,10 +219,10 @@ def test_a_stale_runpod_jobs_pkl_is_diagnosed(tmp_path, fake_handler):
 
 
 def test_scale_out_to_two_workers(tmp_path, fake_handler, tiny_model_dir):
-    endpoint = Endpoint(["--workers", "2", "--handler", str(fake_handler), "--model",
-                         str(tiny_model_dir)], tmp_path / "log", "k", "scale")
+    endpoint = EndpointProcess(workers=2, handler=fake_handler, model=tiny_model_dir,
+                               endpoint_id="scale", log_path=tmp_path / "log").start()
     try:
-        endpoint.wait_ready(count=2, timeout=120)
+        endpoint.wait_workers(count=2, timeout=120)
         assert endpoint.health()["workers"]["idle"] == 2
         ids = [endpoint.run({"chunks": 10, "delay": 0.1}) for _ in range(4)]
         states = [endpoint.wait_status(job_id) for job_id in ids]

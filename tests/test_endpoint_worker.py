@@ -15,8 +15,9 @@ import time
 import psutil
 import pytest
 
-pytest.register_assert_rewrite("endpoint_fixtures")  # before the import, to rewrite its asserts
-from endpoint_fixtures import FINAL, alive, stream_input  # noqa: E402
+from llmkit.endpoint.jobs import FINAL
+from llmkit.job_inputs import exact_tokens
+from llmkit.processes import alive
 
 pytest_plugins = ["endpoint_fixtures"]
 pytestmark = pytest.mark.engine
@@ -32,7 +33,7 @@ def _abort_line(live, job_id: str, timeout: float = 30) -> re.Match:
 
 
 def test_stream_job_chunks_arrive_before_it_completes(live):
-    job_id = live.run(stream_input(300))
+    job_id = live.run(exact_tokens(300))
     chunks, early = [], 0
     while True:
         part = live.json("GET", f"stream/{job_id}")
@@ -50,7 +51,7 @@ def test_stream_job_chunks_arrive_before_it_completes(live):
 
 def test_normal_job_through_runsync_and_run(live):
     state = live.json("POST", "runsync?wait=120000",
-                      json={"input": stream_input(40, stream=False)})
+                      json={"input": exact_tokens(40, stream=False)})
     assert state["status"] == "COMPLETED", state
     assert len(state["output"]) == 1 and state["output"][0]["text"]
     assert state["id"].startswith("sync-") and state["executionTime"] > 0
@@ -66,12 +67,12 @@ def test_bad_input_fails_with_the_handlers_message_then_a_good_job_succeeds(live
     assert bad["error"] == "input.sampling_params.max_tokens must be an integer >= 1, got 0"
     bad = live.wait_status(live.run({"prompt": "", "answerType": "stream"}))
     assert bad["status"] == "FAILED" and bad["error"] == "input.prompt must not be empty"
-    good = live.wait_status(live.run(stream_input(10)))
+    good = live.wait_status(live.run(exact_tokens(10)))
     assert good["status"] == "COMPLETED" and good["output"]
 
 
 def test_four_jobs_run_at_once_with_concurrency_modifier_4(live):
-    ids = [live.run(stream_input(LONG, prompt=f"job {i}")) for i in range(4)]
+    ids = [live.run(exact_tokens(LONG, prompt=f"job {i}")) for i in range(4)]
     deadline = time.monotonic() + 60
     states = []
     while time.monotonic() < deadline:
@@ -91,7 +92,7 @@ def test_four_jobs_run_at_once_with_concurrency_modifier_4(live):
 
 
 def test_cancel_aborts_the_generation_in_vllm(live):
-    job_id = live.run(stream_input(LONG))
+    job_id = live.run(exact_tokens(LONG))
     received = 0
     while received < 3:  # generation is under way
         part = live.json("GET", f"stream/{job_id}")
@@ -104,12 +105,12 @@ def test_cancel_aborts_the_generation_in_vllm(live):
     assert live.status(job_id)["status"] == "CANCELLED"
     # The engine is free: a short job goes straight through.
     started = time.monotonic()
-    assert live.wait_status(live.run(stream_input(20)))["status"] == "COMPLETED"
+    assert live.wait_status(live.run(exact_tokens(20)))["status"] == "COMPLETED"
     assert time.monotonic() - started < 20
 
 
 def test_execution_timeout_gives_timed_out_and_aborts(live):
-    job_id = live.run(stream_input(LONG), policy={"executionTimeout": 5000})
+    job_id = live.run(exact_tokens(LONG), policy={"executionTimeout": 5000})
     state = live.wait_status(job_id, timeout=60)
     assert state["status"] == "TIMED_OUT"
     assert state["error"] == "job ran past its execution timeout of 5 s"
@@ -120,7 +121,7 @@ def test_execution_timeout_gives_timed_out_and_aborts(live):
 def test_killed_worker_turns_its_job_into_failed(live_to_kill):
     """Runs last: the worker is replaced afterwards, which takes another engine start."""
     live = live_to_kill
-    job_id = live.run(stream_input(LONG))
+    job_id = live.run(exact_tokens(LONG))
     live.wait_status(job_id, ("IN_PROGRESS",))
     worker = next(w for w in live.workers() if w["state"] == "ready")
     family = [worker["pid"]] + [p.pid for p in

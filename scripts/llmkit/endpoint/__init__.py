@@ -7,8 +7,10 @@ kit's own and ``runpod.Endpoint``, talk to ``http://HOST:PORT/v2``.
     python -m llmkit.endpoint --model SmolLM2-135M-Instruct      # see --help
 
 Modules: ``jobs`` (job store and states), ``registry`` (workers as the server sees
-them), ``public_api`` and ``worker_api`` (the two HTTP sides), ``server`` (the app),
-``workers`` (the worker process supervisor), ``__main__`` (the command line).
+them), ``config`` (settings and app state), ``auth`` (keys), ``httputil`` (JSON
+errors, body limits, long-polls), ``public_api`` and ``worker_api`` (the two HTTP
+sides), ``server`` (the app), ``workers`` (the worker process supervisor),
+``__main__`` (the command line), ``harness`` (run it as a subprocess and talk to it).
 """
 
 from llmkit.endpoint.auth import worker_key

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import shlex
@@ -63,6 +64,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--print-worker-env", nargs="?", const="worker-ext-1",
                         metavar="WORKER_ID", help="print `export` lines for a worker started "
                         "by hand, then exit")
+    parser.add_argument("--ready-file", type=Path, default=None, metavar="PATH",
+                        help="once listening, write {url, root, endpoint_id, pid, port} "
+                        "here as JSON (for programs that start the endpoint)")
     parser.add_argument("--verbose", action="store_true", help="log every HTTP request")
     return parser.parse_args(argv)
 
@@ -148,12 +152,26 @@ async def _serve(args, config: EndpointConfig, handler: Path, worker_vars: dict)
         log.info("starting %d worker(s) on %s (vLLM takes about a minute on a CPU)",
                  args.workers, worker_vars["MODEL"])
     await supervisor.start()
+    if args.ready_file:
+        _write_ready_file(args.ready_file, root, config.endpoint_id)
     await stop.wait()
     log.info("shutting down: draining workers")
     await supervisor.stop()
     await endpoint.stop()
+    if args.ready_file:
+        args.ready_file.unlink(missing_ok=True)
     log.info("stopped")
     return 0
+
+
+def _write_ready_file(path: Path, root: str, endpoint_id: str) -> None:
+    """The machine-readable "I listen": written whole (rename), never half. No key in it:
+    whoever starts the endpoint chose the key."""
+    ready = {"url": f"{root}/v2", "root": root, "endpoint_id": endpoint_id,
+             "pid": os.getpid(), "port": int(root.rsplit(":", 1)[1])}
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(ready))
+    os.replace(partial, path)
 
 
 if __name__ == "__main__":

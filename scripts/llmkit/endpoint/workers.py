@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import ctypes
 import logging
 import os
 import re
@@ -32,26 +31,12 @@ import psutil
 
 from llmkit.endpoint.config import EndpointState
 from llmkit.endpoint.worker_api import worker_env
+from llmkit.processes import die_with_parent, signal_process
 
 log = logging.getLogger("llmkit.endpoint")
 TAIL_LINES = 40
 TRACK_CHILDREN_S = 2.0
 EXIT_POLL_S = 0.2
-
-try:  # Linux: deliver SIGTERM to the worker when the server dies.
-    _LIBC = ctypes.CDLL(None, use_errno=True)
-    _PR_SET_PDEATHSIG = 1
-except OSError:  # pragma: no cover - not Linux
-    _LIBC = None
-
-
-def _die_with_parent(parent_pid: int) -> None:
-    # Runs in the child between fork and exec: keep it to plain calls.
-    if _LIBC is not None and hasattr(_LIBC, "prctl"):
-        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != parent_pid:  # the parent died before prctl
-            os.kill(os.getpid(), signal.SIGTERM)
-
 
 def describe_exit(code: int) -> str:
     if code < 0:
@@ -93,21 +78,21 @@ class Supervisor:
                 break
             await asyncio.sleep(0.1)
         for proc in list(self._procs.values()):
-            _signal(proc.pid, signal.SIGTERM, group=False)
+            signal_process(proc.pid, signal.SIGTERM, group=False)
         if not self._slots:
             return
         _, pending = await asyncio.wait(self._slots, timeout=self.grace_s)
         if pending:
             log.warning("workers still running after %.0f s; killing them", self.grace_s)
             for proc in list(self._procs.values()):
-                _signal(proc.pid, signal.SIGKILL, group=True)
+                signal_process(proc.pid, signal.SIGKILL, group=True)
             await asyncio.wait(pending, timeout=10)
 
     def kill(self) -> None:
         """SIGKILL every worker's process group now (a second Ctrl-C)."""
         self._stopping = True
         for proc in list(self._procs.values()):
-            _signal(proc.pid, signal.SIGKILL, group=True)
+            signal_process(proc.pid, signal.SIGKILL, group=True)
 
     async def _run_slot(self, slot: int) -> None:
         restarts = 0
@@ -139,12 +124,12 @@ class Supervisor:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, str(self.handler), cwd=workdir, env=env,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True, preexec_fn=lambda: _die_with_parent(parent),
+            start_new_session=True, preexec_fn=lambda: die_with_parent(parent),
             limit=1 << 20)
         info = self.state.registry.spawned(worker_id, slot, proc.pid)
         self._procs[worker_id] = proc
         if self._stopping:  # stop() came while this one was being spawned
-            _signal(proc.pid, signal.SIGTERM, group=False)
+            signal_process(proc.pid, signal.SIGTERM, group=False)
         log.info("%s started (pid %d, working directory %s)", worker_id, proc.pid, workdir)
         tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
         family: dict[int, float] = {}
@@ -215,7 +200,7 @@ async def _track_family(pid: int, family: dict[int, float]) -> None:
 
 
 def _kill_family(pid: int, family: dict[int, float]) -> None:
-    _signal(pid, signal.SIGKILL, group=True)
+    signal_process(pid, signal.SIGKILL, group=True)
     for child_pid, created in family.items():
         try:
             child = psutil.Process(child_pid)
@@ -223,13 +208,3 @@ def _kill_family(pid: int, family: dict[int, float]) -> None:
                 child.kill()
         except psutil.Error:
             pass
-
-
-def _signal(pid: int, sig: signal.Signals, group: bool) -> None:
-    try:
-        if group:
-            os.killpg(pid, sig)  # start_new_session: the group id is the worker's pid
-        else:
-            os.kill(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
