@@ -142,6 +142,10 @@ class JobStore:
     def retry(self, job: Job) -> None:
         """Put a FAILED or TIMED_OUT job back in the queue under the same id."""
         self._cancel_timer(job)
+        # A stop its old worker has not read yet belongs to the old run: delivered now,
+        # it would stop the new one (same id) on whichever worker takes it.
+        for pending in self._stops.values():
+            pending.discard(job.id)
         job.status, job.error, job.output = IN_QUEUE, None, _NO_OUTPUT
         job.submitted_at, job.started_at, job.finished_at = time.monotonic(), None, None
         job.worker_id, job.stream, job.stream_read = None, [], 0
