@@ -32,7 +32,6 @@ class WorkerInfo:
     started_at: float = field(default_factory=time.monotonic)
     last_seen: float | None = None
     open_polls: int = 0
-    last_ping: float | None = None
     warned_stale: bool = False
 
     def describe(self, jobs: list[str]) -> dict:

@@ -7,8 +7,22 @@
     GET  /v2/{id}/job-stop/{worker}?...                            {"jobsToStop": [...]}, or 204
     GET  /v2/{id}/ping/{worker}?...&job_id=a,b&runpod_version=...  heartbeat (a child process)
 
-The SDK builds these URLs from the RUNPOD_WEBHOOK_* variables that ``worker_env``
-writes; see ../shared/FACTS.md and runpod/serverless/modules/rp_job.py.
+What the SDK does on the wire (read in runpod 1.10's serverless/modules/rp_job.py,
+rp_scale.py, rp_http.py and worker.py, and run against this server):
+
+* It builds these URLs from the RUNPOD_WEBHOOK_* variables that ``worker_env`` writes,
+  by string work: it fills in ``$ID`` and ``$RUNPOD_POD_ID``, appends ``&name=value``
+  (so every URL already holds a ``?``), and makes the batch and stop URLs from the take
+  URL by replacing ``/job-take/``.
+* It sends ``Authorization: <key>`` with no "Bearer". It waits up to 90 s on a take,
+  so takes and stops may long-poll; 204 means nothing.
+* Stream posts are JSON text labelled form-urlencoded. With ``return_aggregate_stream``
+  the done post is ``{"output": [chunks]}``, or ``{"error": ...}`` on failure.
+* The heartbeat is a forked child process (it can outlive a killed worker), every
+  ``RUNPOD_PING_INTERVAL`` ms in whole seconds; it names the jobs the worker believes it
+  runs, from ``.runpod_jobs.pkl`` in its working directory.
+* A stop (``{"jobsToStop": [...]}``) cancels that job's asyncio task; the worker posts
+  nothing more for it.
 """
 
 from __future__ import annotations
@@ -16,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -194,7 +207,6 @@ async def ping(request: web.Request) -> web.Response:
     info = state.registry.workers.get(worker_id)
     if info is None:  # the heartbeat starts before the job loop's first poll
         info = state.registry.workers[worker_id] = registry.WorkerInfo(worker_id, False)
-    info.last_ping = time.monotonic()
     reported = [i for raw in request.query.getall("job_id", []) for i in raw.split(",") if i]
     if info.state == registry.EXITED and info.supervised:
         return web.json_response({})
