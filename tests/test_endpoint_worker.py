@@ -50,8 +50,7 @@ def test_stream_job_chunks_arrive_before_it_completes(live):
 
 
 def test_normal_job_through_runsync_and_run(live):
-    state = live.json("POST", "runsync?wait=120000",
-                      json={"input": exact_tokens(40, stream=False)})
+    state = live.runsync(exact_tokens(40, stream=False), wait_ms=120000)
     assert state["status"] == "COMPLETED", state
     assert len(state["output"]) == 1 and state["output"][0]["text"]
     assert state["id"].startswith("sync-") and state["executionTime"] > 0

@@ -22,7 +22,9 @@ except OSError:  # pragma: no cover - not Linux
 def die_with_parent(parent_pid: int, sig: int = signal.SIGTERM) -> None:
     """``preexec_fn`` for a child: ``sig`` when ``parent_pid`` dies.
 
-    Runs in the child between fork and exec: keep it to plain calls.
+    Runs in the child between fork and exec: keep it to plain calls. (Linux sends the
+    signal when the *thread* that started the child ends: start it from one that lives
+    as long as the child should.)
     """
     if _LIBC is not None and hasattr(_LIBC, "prctl"):
         _LIBC.prctl(_PR_SET_PDEATHSIG, sig)

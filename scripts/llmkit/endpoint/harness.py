@@ -64,7 +64,7 @@ class EndpointClient:
         self.headers = {"Authorization": f"Bearer {api_key}"}
         self.worker_key = worker_key(api_key, endpoint_id)
 
-    # ---- requests ----------------------------------------------------------------
+    # ---- requests and jobs -------------------------------------------------------
     def call(self, method: str, op: str, **kwargs) -> requests.Response:
         kwargs.setdefault("headers", self.headers)
         kwargs.setdefault("timeout", REQUEST_TIMEOUT_S)
@@ -88,21 +88,6 @@ class EndpointClient:
     def status(self, job_id: str) -> dict:
         return self.json("GET", f"status/{job_id}")
 
-    def stream(self, job_id: str) -> dict:
-        """One /stream poll: the chunks that are new since the last one."""
-        return self.json("GET", f"stream/{job_id}")
-
-    def cancel(self, job_id: str) -> dict:
-        return self.json("POST", f"cancel/{job_id}")
-
-    def health(self) -> dict:
-        return self.json("GET", "health")
-
-    def workers(self) -> list[dict]:
-        """Every worker the endpoint has seen (a local extension of the API)."""
-        return self.json("GET", "workers")["workers"]
-
-    # ---- waiting -----------------------------------------------------------------
     def wait_status(self, job_id: str, statuses: Iterable[str] = FINAL,
                     timeout: float = REQUEST_TIMEOUT_S) -> dict:
         """Poll /status until the job is in one of ``statuses``."""
@@ -118,6 +103,21 @@ class EndpointClient:
 
     def wait_final(self, job_id: str, timeout: float = REQUEST_TIMEOUT_S) -> dict:
         return self.wait_status(job_id, FINAL, timeout)
+
+    def stream(self, job_id: str) -> dict:
+        """One /stream poll: the chunks that are new since the last one."""
+        return self.json("GET", f"stream/{job_id}")
+
+    def cancel(self, job_id: str) -> dict:
+        return self.json("POST", f"cancel/{job_id}")
+
+    # ---- the endpoint --------------------------------------------------------------
+    def workers(self) -> list[dict]:
+        """Every worker the endpoint has seen (a local extension of the API)."""
+        return self.json("GET", "workers")["workers"]
+
+    def health(self) -> dict:
+        return self.json("GET", "health")
 
     def wait_idle(self, timeout: float = 60) -> None:
         """Until no job runs and no worker is busy."""
@@ -216,7 +216,11 @@ class EndpointProcess(EndpointClient):
         next_note, short_since = started + 15, None
         while True:
             self._check_running()
-            workers = self.health()["workers"]
+            try:
+                workers = self.health()["workers"]
+            except requests.ConnectionError:  # it exited meanwhile: say so, with its log
+                self._check_running()
+                raise
             if workers["idle"] + workers["running"] >= count:
                 return time.monotonic() - started
             now = time.monotonic()
