@@ -109,6 +109,7 @@ def test_client_normal_modes_end_on_failed(queue_ep, mode):
     assert "CUDA out of memory" in result["err"]
 
 
+@pytest.mark.service  # starts the local endpoint
 def test_client_ends_cleanly_on_timed_out(tmp_path):
     endpoint = Endpoint(["--workers", "0", "--execution-timeout", "1"], tmp_path / "log", "k",
                         "slow")

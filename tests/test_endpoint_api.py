@@ -311,6 +311,7 @@ def test_webhook_gets_the_final_status(ep):
         server.shutdown()
 
 
+@pytest.mark.service  # starts the local endpoint
 def test_execution_timeout_gives_timed_out_and_stops_the_job(tmp_path):
     endpoint = Endpoint(["--workers", "0", "--execution-timeout", "1"], tmp_path / "log",
                         "t-key", "t")
