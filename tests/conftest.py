@@ -36,6 +36,7 @@ STARTS = {
 }
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
 def pytest_collection_modifyitems(config, items):
     for item in items:
         for marker in sorted({STARTS[f] for f in getattr(item, "fixturenames", ()) if f in STARTS}):
