@@ -18,19 +18,28 @@ MODEL ?= SmolLM2-135M-Instruct
 
 STAMP := $(VENV)/.installed-$(DEVICE)
 
-.PHONY: help install model tiny-model export-handler check-handler demo test lint serve clean
+.PHONY: help install model tiny-model export-handler check-handler demo test test-fast lint serve clean docs-screenshot
 
 help:
-	@echo "make demo            install, prepare $(MODEL), export the handler, stream an answer"
-	@echo "make test            install and run the test suite"
-	@echo "make install         create $(VENV) with vLLM for DEVICE=$(DEVICE)"
-	@echo "make model           convert/check the model named by MODEL"
-	@echo "make serve           local Runpod endpoint + worker (SERVE_ARGS=--workers 2 ...)"
-	@echo "make export-handler  notebook -> $(HANDLER)"
-	@echo "make check-handler   fail if $(HANDLER) is out of date with the notebook"
-	@echo "make bench           benchmarks against raw vLLM -> docs/BENCHMARKS.md (BENCH_ARGS=--quick)"
-	@echo "make soak            1000 jobs at 32 concurrent to 2 workers; nothing may be lost (SOAK_ARGS=...)"
-	@echo "make lint            ruff"
+	@echo "make demo             install, prepare $(MODEL), export the handler, stream an answer"
+	@echo "make test             install, ruff, then the whole test suite (PYTEST_ARGS=...)"
+	@echo "make test-fast        ruff and the tests that need no vLLM and no service (under a minute)"
+	@echo "make install          create $(VENV) with vLLM for DEVICE=$(DEVICE)"
+	@echo "make model            convert/check the model named by MODEL"
+	@echo "make tiny-model       generate the tiny random Llama the tests use"
+	@echo "make serve            local Runpod endpoint + worker (SERVE_ARGS=--workers 2 ...)"
+	@echo "make export-handler   notebook -> $(HANDLER)"
+	@echo "make check-handler    fail if $(HANDLER) is out of date with the notebook"
+	@echo "make bench            benchmarks against raw vLLM -> docs/BENCHMARKS.md (BENCH_ARGS=--quick)"
+	@echo "make soak             1000 jobs at 32 concurrent to 2 workers; nothing may be lost (SOAK_ARGS=...)"
+	@echo "make lint             ruff"
+	@echo "make docs-screenshot  Jupyter Lab in headless Chromium -> docs/jupyter-lab.png"
+	@echo "make image            base image with MODEL baked in (BUILDER=docker|depot, IMAGE=...)"
+	@echo "make image-iteration  $(HANDLER) on top of BASE_IMAGE, one small layer"
+	@echo "make push             push the base image"
+	@echo "make push-iteration   push the iteration image"
+	@echo "make lint-image       hadolint both Dockerfiles, shellcheck start.sh, actionlint"
+	@echo "make clean            remove $(VENV) and the tool caches"
 
 install: $(STAMP)
 
@@ -74,6 +83,17 @@ serve: install export-handler
 test: install
 	$(PY) -m ruff check scripts tests bench
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The inner loop: no vLLM import or engine, no endpoint, sshd, Jupyter or browser
+# (markers in pyproject.toml, applied in tests/conftest.py). `make test` runs everything.
+FAST_TESTS := not engine and not vllm and not service
+test-fast: install
+	$(PY) -m ruff check scripts tests bench
+	$(PY) -m pytest -m "$(FAST_TESTS)" $(PYTEST_ARGS)
+
+# The README's picture. `make test` writes its screenshot to build/ and leaves this one alone.
+docs-screenshot: install
+	UPDATE_DOCS_SCREENSHOT=1 $(PY) -m pytest tests/test_jupyter_browser.py $(PYTEST_ARGS)
 
 .PHONY: bench soak
 # Benchmarks on the real engine (15-25 min on a 2-core VM): tables in

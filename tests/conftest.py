@@ -1,4 +1,7 @@
-"""Shared fixtures: the tiny random model, and paths into the repo."""
+"""Shared fixtures: the tiny random model, and paths into the repo; and the markers that
+split the suite. `make test-fast` runs ``-m "not engine and not vllm and not service"``: the
+tests that need no vLLM and no network service, in under a minute. `make test` runs them all.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +16,31 @@ from llmkit.paths import REPO_ROOT
 # Tests never reach a model hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+# Fixtures that start something, and the marker each gives the tests that use them (directly
+# or through another fixture), so the fast set leaves those tests out without a mark on each.
+# A test that starts such a thing itself carries the marker: @pytest.mark.service.
+STARTS = {
+    # a real vLLM engine
+    "live_endpoint": "engine",
+    # the local endpoint (llmkit.endpoint) and its workers
+    "queue_ep": "service",
+    "queue_endpoint": "service",
+    "sdk_endpoint": "service",
+    "fake_handler": "service",       # an SDK worker for an endpoint
+    "endpoint": "service",           # test_start_sh: the endpoint start.sh's worker talks to
+    # scripts/start.sh in pod mode: sshd and Jupyter Lab (and Chromium on top)
+    "pod": "service",
+    "jupyter": "service",
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for marker in sorted({STARTS[f] for f in getattr(item, "fixturenames", ()) if f in STARTS}):
+            item.add_marker(marker)
 
 
 @pytest.fixture(scope="session")

@@ -110,6 +110,7 @@ def test_client_normal_modes_end_on_failed(queue_ep, mode):
     assert "CUDA out of memory" in result["err"]
 
 
+@pytest.mark.service  # starts the local endpoint
 def test_client_ends_cleanly_on_timed_out(tmp_path):
     with EndpointProcess(workers=0, endpoint_id="slow", args=["--execution-timeout", "1"],
                          log_path=tmp_path / "log") as endpoint:

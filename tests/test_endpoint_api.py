@@ -312,6 +312,7 @@ def test_webhook_gets_the_final_status(ep):
         server.shutdown()
 
 
+@pytest.mark.service  # starts the local endpoint
 def test_execution_timeout_gives_timed_out_and_stops_the_job(tmp_path):
     endpoint = EndpointProcess(workers=0, endpoint_id="t", args=["--execution-timeout", "1"],
                                log_path=tmp_path / "log").start()

@@ -115,6 +115,7 @@ def test_a_worker_exiting_mid_job_fails_the_job(sdk):
     assert sdk.wait_status(sdk.run({"chunks": 1}))["status"] == "COMPLETED"
 
 
+@pytest.mark.service  # starts the local endpoint
 def test_a_worker_that_cannot_start_is_reported(tmp_path, tiny_model_dir):
     handler = tmp_path / "handler.py"
     handler.write_text('raise SystemExit("MODEL is not set: point it at a model folder")\n')

@@ -37,7 +37,9 @@ def test_handler_imports_only_runpod_vllm_and_stdlib(handler_path):
 
 
 def run_handler_code(handler_path, code, **env):
-    """Run ``code`` in a fresh interpreter after importing handler.py as a module."""
+    """Run ``code`` in a fresh interpreter after importing handler.py as a module.
+
+    That imports vLLM, 10 s or more: the tests that do it are marked ``vllm``."""
     prelude = (
         "import importlib.util, sys\n"
         f"spec = importlib.util.spec_from_file_location('h', {str(handler_path)!r})\n"
@@ -49,6 +51,7 @@ def run_handler_code(handler_path, code, **env):
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.vllm
 def test_import_starts_no_engine(handler_path, tiny_model_dir):
     code = (
         "import multiprocessing as mp, threading\n"
@@ -62,6 +65,7 @@ def test_import_starts_no_engine(handler_path, tiny_model_dir):
     assert result.stdout.split() == ["ok", "3", "float32", str(tiny_model_dir)]
 
 
+@pytest.mark.vllm
 @pytest.mark.parametrize("preset", [None, "auto"])
 def test_on_a_cpu_vllm_gets_every_core_unless_told_otherwise(handler_path, tiny_model_dir,
                                                              preset):
@@ -80,6 +84,7 @@ def test_on_a_cpu_vllm_gets_every_core_unless_told_otherwise(handler_path, tiny_
     assert result.stdout.split() == [preset or every_core]
 
 
+@pytest.mark.vllm
 @pytest.mark.parametrize("name, value, expected", [
     ("CONCURRENCY_MODIFIER", "zero", "CONCURRENCY_MODIFIER='zero' is not valid"),
     ("CONCURRENCY_MODIFIER", "0", "an integer from 1 to 1024"),
@@ -101,6 +106,7 @@ def test_bad_settings_stop_start_up_with_a_clear_message(handler_path, tiny_mode
     assert "Traceback" not in result.stderr  # a message, not a stack dump
 
 
+@pytest.mark.vllm
 def test_missing_model_stops_start_up(handler_path):
     env = {k: v for k, v in os.environ.items() if k != "MODEL"}
     result = subprocess.run([sys.executable, str(handler_path)], env=env, capture_output=True,

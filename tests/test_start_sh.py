@@ -410,6 +410,7 @@ def test_pod_sigterm_stops_every_service(pod):
     assert pod.children() == [], "services outlived start.sh"
 
 
+@pytest.mark.service  # starts Jupyter Lab
 def test_pod_with_jupyter_password_and_no_ssh(tmp_path):
     """JUPYTER_PASSWORD is the token; no PUBLIC_KEY means no sshd; user notebooks are kept."""
     notebooks = tmp_path / "workspace" / "notebooks"
@@ -496,6 +497,7 @@ def test_serverless_execs_the_worker_which_gets_sigterm(tmp_path):
         run.kill_group()
 
 
+@pytest.mark.service  # starts Jupyter Lab
 def test_both_runs_jupyter_and_execs_the_worker(tmp_path):
     handler = fake_worker(tmp_path)
     env = base_env(tmp_path, MODE_TO_RUN="both", HANDLER_PATH=str(handler),

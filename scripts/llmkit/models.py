@@ -13,12 +13,16 @@ MODEL takes three forms:
 Command line::
 
     python -m llmkit.models prepare SPEC          # prints the resolved folder
-    python -m llmkit.models download ORG/NAME --dest DIR   # build time only
+    python -m llmkit.models download ORG/NAME --dest DIR [--revision REV]   # build time only
+
+``--revision`` (default: the environment's MODEL_REVISION; empty: the hub's default
+branch) pins a branch, tag or commit, so a rebuilt image bakes the same files.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -58,13 +62,30 @@ def check_folder(path: Path) -> Path:
         raise ModelError(f"model folder {path} does not exist")
     config = path / "config.json"
     try:
-        config.read_text()
+        text = config.read_text()
     except OSError as err:
         raise ModelError(f"model folder {path} has no readable config.json ({err})") from err
     weights = [*path.glob("*.safetensors"), *path.glob("*.bin"), *path.glob("*.gguf")]
     if not weights:
         raise ModelError(f"model folder {path} has config.json but no weights (*.safetensors)")
+    missing = _missing_code(path, text)
+    if missing:
+        raise ModelError(f"model folder {path} lacks {', '.join(missing)}: the model's own code, "
+                         "which config.json's auto_map names (TRUST_REMOTE_CODE loads it)")
     return path.resolve()
+
+
+def _missing_code(path: Path, config_text: str) -> list[str]:
+    """The *.py files config.json's auto_map points at that the folder lacks."""
+    try:
+        auto_map = json.loads(config_text).get("auto_map") or {}
+    except (ValueError, AttributeError):
+        return []  # not ours to judge: vLLM reports a broken config itself
+    refs = [ref for value in auto_map.values()
+            for ref in (value if isinstance(value, list) else [value]) if isinstance(ref, str)]
+    # "modeling_x.XForCausalLM" lives in modeling_x.py; "org/repo--modeling_x.X" in another repo.
+    files = {ref.rsplit(".", 1)[0].replace(".", "/") + ".py" for ref in refs if "--" not in ref}
+    return sorted(f for f in files if not (path / f).is_file())
 
 
 def _from_hub_cache(repo_id: str) -> Path:
@@ -163,9 +184,19 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
 # --- build time: hub id -> folder baked into the image -------------------------
 
 
-def download(repo_id: str, dest: Path) -> Path:
+# What a baked model needs to load offline: its config, tokenizer (in any of its formats) and
+# chat template, and its own code: a TRUST_REMOTE_CODE model keeps its classes in *.py files
+# beside config.json. Then one weights format: safetensors, else PyTorch's *.bin (older
+# remote-code models ship only those). Other copies (GGUF, ONNX, original *.pth) only grow
+# the image.
+MODEL_FILES = ["*.json", "*.py", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
+WEIGHT_FORMATS = ("*.safetensors", "*.bin")
+
+
+def download(repo_id: str, dest: Path, revision: str | None = None) -> Path:
     """Download a hub model into ``dest`` (image build only; shows progress).
 
+    ``revision`` (a branch, tag or commit) pins what is baked; None takes the default branch.
     A gated model's token is read from ``HF_TOKEN`` or the file named by
     ``HF_TOKEN_FILE`` (a BuildKit secret), never from a build arg.
     """
@@ -175,14 +206,14 @@ def download(repo_id: str, dest: Path) -> Path:
     token_file = os.environ.get("HF_TOKEN_FILE")
     if not token and token_file and Path(token_file).is_file():
         token = Path(token_file).read_text().strip() or None
-    snapshot_download(
-        repo_id,
-        local_dir=dest,
-        token=token,
-        # Weights and tokenizer only: skip other formats that double the size.
-        allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"],
-    )
-    return check_folder(dest)
+    print(f"downloading {repo_id} at {revision or 'its default branch'} into {dest}",
+          file=sys.stderr, flush=True)
+    for weights in WEIGHT_FORMATS:
+        snapshot_download(repo_id, revision=revision, local_dir=dest, token=token,
+                          allow_patterns=[*MODEL_FILES, weights])
+        if any(Path(dest).glob(weights)):
+            break
+    return check_folder(Path(dest))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -194,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     d = sub.add_parser("download", help="download a hub model (image build time)")
     d.add_argument("repo_id")
     d.add_argument("--dest", type=Path, required=True)
+    d.add_argument("--revision", default=os.environ.get("MODEL_REVISION", ""),
+                   help="branch, tag or commit to download (default: $MODEL_REVISION; "
+                        "empty: the default branch)")
     args = parser.parse_args(argv)
     try:
         if args.cmd == "prepare":
@@ -202,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 print(resolve(args.spec))
         else:
-            print(download(args.repo_id, args.dest))
+            print(download(args.repo_id, args.dest, args.revision.strip() or None))
     except ModelError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

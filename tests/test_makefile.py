@@ -1,0 +1,28 @@
+"""The Makefile: `make help` names every target a user may call."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from llmkit.paths import REPO_ROOT
+
+pytestmark = pytest.mark.skipif(not shutil.which("make"), reason="make is not installed")
+
+
+def targets() -> set[str]:
+    """Rule names (`name:` at the start of a line), not variables or pattern rules."""
+    text = (REPO_ROOT / "Makefile").read_text()
+    return set(re.findall(r"^([a-z][a-z0-9-]*):(?!=)", text, re.M))
+
+
+def test_help_lists_every_target():
+    out = subprocess.run(["make", "-s", "help"], cwd=REPO_ROOT, capture_output=True, text=True,
+                         timeout=60).stdout
+    listed = set(re.findall(r"^make (\S+)", out, re.M))
+    assert {"demo", "test", "test-fast", "image"} <= targets()  # the parse finds them
+    assert targets() - listed - {"help"} == set(), "add them to `make help`"
+    assert listed - targets() == set(), "`make help` names targets that do not exist"
