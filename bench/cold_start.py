@@ -25,7 +25,7 @@ import time
 
 T_PROCESS = time.time()  # as early as this module allows: before any heavy import
 
-from bench import common as c  # noqa: E402  (std-lib only at import)
+from bench import runner, stats, workload  # noqa: E402  (std-lib only at import)
 
 PHASES = ["python up", "import vllm", "vllm engine API", "import runpod SDK",
           "import handler.py", "engine start", "first token"]
@@ -84,7 +84,7 @@ def child(kind: str, handler_path: str) -> None:
             marks["engine start"] = time.time()
             importer.join()  # the worker loop can start only now
             marks["runpod wait after engine"] = time.time() - marks["engine start"]
-            async for _ in h.handler({"id": "cold", "input": c.job_input(0, 4)}):
+            async for _ in h.handler({"id": "cold", "input": workload.job_input(0, 4)}):
                 marks.setdefault("first token", time.time())
         else:
             engine = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(**engine_args))
@@ -128,7 +128,7 @@ def _run_child(kind: str, model_dir: str, handler_path: str) -> dict:
     t0 = time.time()
     out = subprocess.run([sys.executable, "-m", "bench.cold_start", "--child", kind,
                           "--handler", handler_path],
-                         cwd=c.REPO, env=env, capture_output=True, text=True, timeout=900)
+                         cwd=runner.REPO, env=env, capture_output=True, text=True, timeout=900)
     t_end = time.time()
     line = next((x for x in out.stdout.splitlines() if x.startswith("COLD_START ")), None)
     if out.returncode != 0 or line is None:
@@ -161,12 +161,12 @@ def _resolve(name: str) -> tuple[str, str]:
 
     if name == "tiny":
         return "tiny-llama (random, 0.4 M params)", str(tiny_model.build())
-    if name == "default" or name.lower() == c.DEFAULT_MODEL.lower():
-        return c.DEFAULT_MODEL, str(models.resolve(c.DEFAULT_MODEL))
+    if name == "default" or name.lower() == runner.DEFAULT_MODEL.lower():
+        return runner.DEFAULT_MODEL, str(models.resolve(runner.DEFAULT_MODEL))
     return name, str(models.resolve(name))
 
 
-def measure(ctx: c.Context, args) -> dict:
+def measure(ctx: runner.Context, args) -> dict:
     main = args.model or "default"
     names = (args.models or ("tiny" if args.quick else f"tiny,{main}")).split(",")
     raw_names = (args.raw if args.raw is not None else ("" if args.quick else main))
@@ -175,18 +175,18 @@ def measure(ctx: c.Context, args) -> dict:
     cases = []
     for name in names:
         label, folder = _resolve(name)
-        c.say(f"cold start: handler, {label} ...")
+        runner.say(f"cold start: handler, {label} ...")
         cases.append({"model": label, "path": "handler", **_run_child("handler", folder,
                                                                       handler_path)})
         if name in raw_names:
-            c.say(f"cold start: raw vLLM, {label} ...")
+            runner.say(f"cold start: raw vLLM, {label} ...")
             raw = {"model": label, "path": "raw vLLM", **_run_child("raw", folder, handler_path)}
             if raw["engine_args"] != cases[-1]["engine_args"]:
                 raise RuntimeError(f"the raw case started vLLM with {raw['engine_args']}, "
                                    f"handler.py with {cases[-1]['engine_args']}")
             cases.append(raw)
         if args.overlap == "on" and name in raw_names:
-            c.say(f"cold start: raw vLLM + runpod imported during engine start, {label} ...")
+            runner.say(f"cold start: raw vLLM + runpod imported during engine start, {label} ...")
             cases.append({"model": label, "path": "raw vLLM + import runpod in a thread",
                           **_run_child("overlap", folder, handler_path)})
     ratios = []
@@ -194,9 +194,9 @@ def measure(ctx: c.Context, args) -> dict:
         p = case["phases_s"]
         case["kit_s"] = p.get("import runpod SDK", 0) + p.get("import handler.py", 0)
         if case["path"] == "handler":
-            ratios.append(c.ratio(f"kit's share of ready time, {case['model']}",
-                                  case["kit_s"] / case["ready_s"], None,
-                                  f"{case['kit_s']:.1f} s of {case['ready_s']:.1f} s"))
+            ratios.append(stats.ratio(f"kit's share of ready time, {case['model']}",
+                                      case["kit_s"] / case["ready_s"], None,
+                                      f"{case['kit_s']:.1f} s of {case['ready_s']:.1f} s"))
     return {"cases": cases, "ratios": ratios}
 
 
@@ -204,26 +204,26 @@ def report(r: dict) -> str:
     rows = []
     for case in r["cases"]:
         p = case["phases_s"]
-        rows.append([case["model"], case["path"], *[c.fmt(p.get(x)) for x in PHASES],
+        rows.append([case["model"], case["path"], *[stats.fmt(p.get(x)) for x in PHASES],
                      case["ready_s"], case["first_token_s"], case["kit_s"]])
     return "\n".join([
         "## 5. Cold start, seconds (fresh process each; phases in order)",
-        c.table(["model", "path", *PHASES, "ready", "first token at", "kit's own"], rows),
+        stats.table(["model", "path", *PHASES, "ready", "first token at", "kit's own"], rows),
         "ready = process start -> engine started (a worker then polls for jobs); "
         "kit's own = handler.py import + the part of the runpod SDK import (in a thread "
         "beside the engine start) that outlasts the engine start",
         *[f"{x['path']}, {x['model']}: the import took {x['runpod_import_s']:.1f} s beside "
           f"the engine start and left {x['runpod_wait_after_engine_s']:.2f} s to wait after it"
           for x in r["cases"] if "runpod_import_s" in x],
-        c.ratio_lines(r["ratios"]),
+        stats.ratio_lines(r["ratios"]),
     ])
 
 
 if __name__ == "__main__":
     if "--child" in sys.argv:
-        p = c.parser("child")
+        p = runner.parser("child")
         add_args(p)
         a = p.parse_args()
         child(a.child, str(a.handler))
     else:
-        c.script_main("cold_start", __doc__, add_args, measure, report)
+        runner.script_main("cold_start", __doc__, add_args, measure, report)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench import common as c
+from bench import runner, stats, workload
 
 TARGET = 0.90
 PATHS = ["raw vLLM", "handler", "endpoint"]
@@ -42,7 +42,7 @@ def jobs_per_client(level: int, quick: bool) -> int:
     return 2 if level == 1 else 1
 
 
-def measure(ctx: c.Context, args) -> dict:
+def measure(ctx: runner.Context, args) -> dict:
     levels = _ints(args.levels or ("1,2" if args.quick else "1,2,4,8,16"))
     modifiers = sorted(_ints(args.modifiers or ("2" if args.quick else "1,16")))
     tokens = args.tokens or (32 if args.quick else 64)
@@ -61,25 +61,25 @@ def measure(ctx: c.Context, args) -> dict:
             eps[m] = ctx.endpoint(m)
 
     async def warm():
-        await ip.raw_job(c.job_input(0, 8))
-        await ip.handler_job(c.job_input(0, 8))
+        await ip.raw_job(workload.job_input(0, 8))
+        await ip.handler_job(workload.job_input(0, 8))
         for ep in eps.values():
-            await ep.stream_job(c.job_input(0, 8))
+            await ep.stream_job(workload.job_input(0, 8))
 
     ctx.run(warm())
     def job_fn(path: str, level: int):
         if path == "raw vLLM":
             async def job(i):
-                inp = c.job_input(i, tokens)
+                inp = workload.job_input(i, tokens)
                 return await ip.raw_job(inp, ip.prepare(inp))
         elif path == "handler":
             async def job(i):
-                return await ip.handler_job(c.job_input(i, tokens))
+                return await ip.handler_job(workload.job_input(i, tokens))
         else:
             ep = eps[modifier_for(level)]
 
             async def job(i):
-                return await ep.stream_job(c.job_input(i, tokens))
+                return await ep.stream_job(workload.job_input(i, tokens))
         return job
 
     results: dict[str, dict[int, dict]] = {p: {} for p in paths}
@@ -87,18 +87,18 @@ def measure(ctx: c.Context, args) -> dict:
         jpc = jobs_per_client(level, args.quick)
         # The target's level gets two rounds per path (A,B,C,C,B,A); the others one.
         rounds = 2 if level == max(levels) and not args.quick else 1
-        order = c.interleave(paths if n % 2 == 0 else paths[::-1], rounds)
-        done: dict[str, list[c.Round]] = {p: [] for p in paths}
+        order = workload.interleave(paths if n % 2 == 0 else paths[::-1], rounds)
+        done: dict[str, list[workload.Round]] = {p: [] for p in paths}
         for path in order:
-            done[path].append(ctx.run(c.closed_loop(job_fn(path, level), level, jpc)))
+            done[path].append(ctx.run(workload.closed_loop(job_fn(path, level), level, jpc)))
             s = done[path][-1].summary()
-            c.say(f"C={level:<2} {path:9} {s['tok_s']:7.1f} tok/s  p50 {s['p50_s']:.2f} s")
+            runner.say(f"C={level:<2} {path:9} {s['tok_s']:7.1f} tok/s  p50 {s['p50_s']:.2f} s")
         for path, rnds in done.items():
             jobs = [j for r in rnds for j in r.jobs]
-            merged = c.Round(level, sum(r.makespan for r in rnds), jobs)
+            merged = workload.Round(level, sum(r.makespan for r in rnds), jobs)
             s = merged.summary()
             s["rounds"] = len(rnds)
-            s["tok_s"] = c.median([r.tok_s for r in rnds])
+            s["tok_s"] = stats.median([r.tok_s for r in rnds])
             if path == "endpoint":
                 s["modifier"] = modifier_for(level)
             results[path][level] = s
@@ -107,16 +107,16 @@ def measure(ctx: c.Context, args) -> dict:
         raw = results["raw vLLM"][level]["tok_s"]
         for path in paths[1:]:
             target = TARGET if (level == max(levels) and path == "endpoint") else None
-            ratios.append(c.ratio(f"{path}/raw tok/s at {level}",
-                                  results[path][level]["tok_s"] / raw, target))
+            ratios.append(stats.ratio(f"{path}/raw tok/s at {level}",
+                                      results[path][level]["tok_s"] / raw, target))
     if args.no_endpoint:
-        ratios.append(c.ratio(f"endpoint/raw tok/s at {max(levels)}", None, TARGET,
-                              "endpoint not measured"))
+        ratios.append(stats.ratio(f"endpoint/raw tok/s at {max(levels)}", None, TARGET,
+                                  "endpoint not measured"))
     out = {"levels": levels, "tokens_per_job": tokens, "modifiers": modifiers,
            "results": {p: {str(k): v for k, v in r.items()} for p, r in results.items()},
            "ratios": ratios}
     if args.plot:
-        plot(out, args.plot, c.model_label(args))
+        plot(out, args.plot, runner.model_label(args))
     return out
 
 
@@ -137,8 +137,8 @@ def report(r: dict) -> str:
     return "\n".join([
         f"## 3. Concurrency scaling ({r['model']}, {r['tokens_per_job']} tokens/job, "
         "closed-loop clients)",
-        c.table(headers, rows),
-        c.ratio_lines(r["ratios"]),
+        stats.table(headers, rows),
+        stats.ratio_lines(r["ratios"]),
     ])
 
 
@@ -180,4 +180,4 @@ def plot(r: dict, path: Path, model: str = "") -> None:
 
 
 if __name__ == "__main__":
-    c.script_main("concurrency", __doc__, add_args, measure, report)
+    runner.script_main("concurrency", __doc__, add_args, measure, report)

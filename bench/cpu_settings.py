@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import common as c
+from bench import engine, machine, runner, stats, workload
 
 READY = "CPU_SETTINGS_READY"
 RESULT = "CPU_SETTINGS_RESULT"
@@ -83,24 +83,25 @@ def serve(args) -> None:
     # Only the protocol goes to stdout; vLLM's logs (and its processes') go to stderr.
     proto = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
-    ip = c.InProcess(args.handler, "cpu_settings_handler")
+    ip = engine.InProcess(args.handler, "cpu_settings_handler")
 
     async def batch(n: int, tokens: int) -> dict:
-        rnd = await c.closed_loop(lambda i: ip.handler_job(c.job_input(i, tokens)), n, 1)
+        rnd = await workload.closed_loop(
+            lambda i: ip.handler_job(workload.job_input(i, tokens)), n, 1)
         return {"tok_s": rnd.tok_s, "makespan_s": rnd.makespan}
 
     import asyncio
 
-    runner = asyncio.Runner()
-    runner.run(ip.handler_job(c.job_input(0, 8)))  # warm-up
-    runner.run(batch(16, 4))
+    loop = asyncio.Runner()
+    loop.run(ip.handler_job(workload.job_input(0, 8)))  # warm-up
+    loop.run(batch(16, 4))
     print(READY, json.dumps({"start_s": ip.start_s, "dtype": str(ip.engine.model_config.dtype)}),
           file=proto, flush=True)
     for line in sys.stdin:
         n, tokens = (int(x) for x in line.split())
-        print(RESULT, json.dumps(runner.run(batch(n, tokens))), file=proto, flush=True)
+        print(RESULT, json.dumps(loop.run(batch(n, tokens))), file=proto, flush=True)
     ip.close()
-    runner.close()
+    loop.close()
 
 
 class Child:
@@ -109,7 +110,7 @@ class Child:
         env = {**os.environ, **cfg["env"], "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bench.cpu_settings", "--serve", "--handler",
-             str(args.handler)], cwd=c.REPO, env=env, stdin=subprocess.PIPE,
+             str(args.handler)], cwd=runner.REPO, env=env, stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         self.info = json.loads(self._wait(READY))
 
@@ -135,8 +136,8 @@ class Child:
                 self.proc.wait()
 
 
-def measure(ctx: c.Context, args) -> dict:
-    if c.on_gpu():
+def measure(ctx: runner.Context, args) -> dict:
+    if machine.on_gpu():
         return {"skipped": "a GPU machine: the CPU settings do not apply", "ratios": []}
     cfgs = configs(args.configs, args.quick)
     tokens = args.tokens or (16 if args.quick else 32)
@@ -144,10 +145,10 @@ def measure(ctx: c.Context, args) -> dict:
     children = []
     try:
         for cfg in cfgs:
-            c.say(f"cpu settings: starting {cfg['name']} ...")
+            runner.say(f"cpu settings: starting {cfg['name']} ...")
             t0 = time.monotonic()
             children.append(Child(cfg, args))
-            c.say(f"  ready in {time.monotonic() - t0:.0f} s")
+            runner.say(f"  ready in {time.monotonic() - t0:.0f} s")
         res = {cfg["name"]: {1: [], 16: []} for cfg in cfgs}
         for rep in range(reps):
             for batch in (1, 16):
@@ -155,7 +156,7 @@ def measure(ctx: c.Context, args) -> dict:
                 for ch in order:
                     r = ch.run(batch, tokens)
                     res[ch.cfg["name"]][batch].append(r["tok_s"])
-                    c.say(f"  {ch.cfg['name']:18} batch {batch:2}: {r['tok_s']:.1f} tok/s")
+                    runner.say(f"  {ch.cfg['name']:18} batch {batch:2}: {r['tok_s']:.1f} tok/s")
     finally:
         for ch in children:
             ch.close()
@@ -163,12 +164,12 @@ def measure(ctx: c.Context, args) -> dict:
     for cfg, ch in zip(cfgs, children, strict=True):
         rows.append({"setting": cfg["name"], "dtype": cfg["dtype"], "threads": cfg["threads"],
                      "env": cfg["env"], "engine_dtype": ch.info["dtype"],
-                     "b1_tok_s": c.median(res[cfg["name"]][1]),
-                     "b16_tok_s": c.median(res[cfg["name"]][16])})
+                     "b1_tok_s": stats.median(res[cfg["name"]][1]),
+                     "b16_tok_s": stats.median(res[cfg["name"]][16])})
     best = max(rows, key=lambda r: r["b16_tok_s"])
     default = rows[0]
-    ratios = [c.ratio(f"{r['setting']} / {default['setting']} at batch 16",
-                      r["b16_tok_s"] / default["b16_tok_s"], None) for r in rows[1:]]
+    ratios = [stats.ratio(f"{r['setting']} / {default['setting']} at batch 16",
+                          r["b16_tok_s"] / default["b16_tok_s"], None) for r in rows[1:]]
     return {"tokens_per_job": tokens, "reps": reps, "rows": rows, "fastest": best["setting"],
             "default": default["setting"], "ratios": ratios}
 
@@ -181,20 +182,20 @@ def report(r: dict) -> str:
     return "\n".join([
         f"## 6. CPU settings ({r['model']}, {r['tokens_per_job']} tokens/job, medians of "
         f"{r['reps']} alternating rounds)",
-        c.table(["setting", "engine dtype", "OpenMP threads", "batch 1 tok/s",
-                 "batch 16 tok/s (all jobs)"], rows),
+        stats.table(["setting", "engine dtype", "OpenMP threads", "batch 1 tok/s",
+                     "batch 16 tok/s (all jobs)"], rows),
         f"fastest at batch 16: {r['fastest']} (the handler's CPU default: {r['default']})",
-        c.ratio_lines(r["ratios"]),
+        stats.ratio_lines(r["ratios"]),
     ])
 
 
 if __name__ == "__main__":
     if "--serve" in sys.argv:
-        p = c.parser("child")
+        p = runner.parser("child")
         add_args(p)
         a = p.parse_args()
         if not os.environ.get("MODEL"):
-            c.setup_env(a)
+            runner.setup_env(a)
         serve(a)
     else:
-        c.script_main("cpu_settings", __doc__, add_args, measure, report)
+        runner.script_main("cpu_settings", __doc__, add_args, measure, report)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from bench import common as c
+from bench import stats
 
 TITLES = {
     "handler_overhead": "1. Handler overhead",
@@ -73,7 +73,7 @@ def gpu_paper(results: dict) -> str:
     headers = ["model", "weights GB"]
     for g, bw in GPUS:
         headers += [f"{g} ({bw / 1e12:.2f} TB/s) tok/s", "ms/token"]
-    table = c.table(headers, rows)
+    table = stats.table(headers, rows)
 
     ho = results.get("handler_overhead", {})
     wl = results.get("worker_loop", {})
@@ -131,7 +131,7 @@ def findings(results: dict) -> str:
     eps = {int(k.rsplit(" ", 1)[1]): v for k, v in wl.items() if k.startswith("endpoint")}
     if direct and eps:
         waits = ", ".join(f"{v['start_ms'] - direct['start_ms']:.0f} ms (queue wait "
-                          f"{c.fmt(v.get('queue_wait_median_s'), 1)} s) with modifier {m}"
+                          f"{stats.fmt(v.get('queue_wait_median_s'), 1)} s) with modifier {m}"
                           for m, v in sorted(eps.items()))
         items.append(
             "**The SDK's job-fetch loop idles up to 1 s between back-to-back jobs once the "
@@ -263,9 +263,9 @@ def targets(results: dict) -> str:
         for r in results.get(name, {}).get("ratios", []):
             if r["target"] is None:
                 continue
-            rows.append([TITLES[name], r["name"], c.fmt(r["value"], 3), f">= {r['target']:.2f}",
+            rows.append([TITLES[name], r["name"], stats.fmt(r["value"], 3), f">= {r['target']:.2f}",
                          r["verdict"], f"`{results['_run']['commands'][name]}`"])
-    return c.table(["benchmark", "figure", "measured", "target", "verdict", "command"], rows)
+    return stats.table(["benchmark", "figure", "measured", "target", "verdict", "command"], rows)
 
 
 def compose(results: dict) -> str:
@@ -289,7 +289,7 @@ def compose(results: dict) -> str:
             f"- software: Python {m['python']}, {versions}",
             f"- model: {run['model']}; sampling: greedy, min_tokens = max_tokens, so every "
             "job generates the same number of tokens; prompts: 16 short chat questions "
-            "(bench/common.py), chat-templated",
+            "(bench/workload.py), chat-templated",
             "- engine: the handler's own ENGINE_ARGS defaults, except ENABLE_PREFIX_CACHING="
             "false, so that a prompt repeated across variants costs the same every time "
             "(cold start uses the defaults untouched)",

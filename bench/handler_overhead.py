@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 from types import SimpleNamespace
 
-from bench import common as c
+from bench import engine, runner, stats, workload
 
 TARGET = 0.97
 TOGETHER = ["raw stream", "handler stream", "raw normal", "handler normal"]
@@ -54,40 +54,40 @@ class _FakeEngine:
             yield out
 
 
-async def _micro(ip: c.InProcess) -> dict:
+async def _micro(ip: engine.InProcess) -> dict:
     h = ip.h
-    inp = c.job_input(0, 64)
+    inp = workload.job_input(0, 64)
     n = 200
-    t0 = c.now()
+    t0 = workload.now()
     for _ in range(n):
         source, stream, samp = h.parse_input(inp)
         ids = h.tokenize(ip.engine, source)
         h.sampling_params(samp, len(ids), ip.limit, stream)
-    per_job_us = (c.now() - t0) / n * 1e6
+    per_job_us = (workload.now() - t0) / n * 1e6
 
     chunks = 20000
     fake = _FakeEngine(ip.engine, chunks)
-    t0 = c.now()
+    t0 = workload.now()
     async for _ in fake.generate(None, None, None):
         pass
-    bare = c.now() - t0
+    bare = workload.now() - t0
     real_load = h.load_engine
     h.load_engine = lambda: fake
     try:
-        t0 = c.now()
+        t0 = workload.now()
         async for _ in h.handler({"id": "micro", "input": inp}):
             pass
-        through = c.now() - t0
+        through = workload.now() - t0
     finally:
         h.load_engine = real_load
     return {"per_job_us": per_job_us, "per_chunk_us": (through - bare) / chunks * 1e6}
 
 
 def _rows(runs: dict) -> dict:
-    return {v: {"tok_s": c.median([s.tokens / s.latency for s in sts]),
-                "latency_s": c.median([s.latency for s in sts]),
-                "ttft_ms": c.median([s.ttft * 1e3 for s in sts]),
-                "chunks": c.median([s.chunks for s in sts]), "jobs": len(sts),
+    return {v: {"tok_s": stats.median([s.tokens / s.latency for s in sts]),
+                "latency_s": stats.median([s.latency for s in sts]),
+                "ttft_ms": stats.median([s.ttft * 1e3 for s in sts]),
+                "chunks": stats.median([s.chunks for s in sts]), "jobs": len(sts),
                 "job_ms": [round(s.latency * 1e3, 1) for s in sts]}
             for v, sts in runs.items()}
 
@@ -96,17 +96,17 @@ def _paired(runs: dict, mode: str) -> tuple[float, float]:
     """Median over rounds of handler/raw tok/s, and of the handler's extra ms per job."""
     raw, hd = runs[f"raw {mode}"], runs[f"handler {mode}"]
     pairs = list(zip(raw, hd, strict=True))
-    return (c.median([a.latency / b.latency for a, b in pairs]),
-            c.median([(b.latency - a.latency) * 1e3 for a, b in pairs]))
+    return (stats.median([a.latency / b.latency for a, b in pairs]),
+            stats.median([(b.latency - a.latency) * 1e3 for a, b in pairs]))
 
 
-def measure(ctx: c.Context, args) -> dict:
+def measure(ctx: runner.Context, args) -> dict:
     tokens = args.tokens or (32 if args.quick else 64)
     reps_together = args.reps or (2 if args.quick else 4)
     reps_alone = args.reps or (2 if args.quick else 4)
     ip = ctx.inproc()
 
-    async def job(variant: str, inp: dict) -> c.JobStats:
+    async def job(variant: str, inp: dict) -> workload.JobStats:
         if variant.startswith("raw"):
             st = await ip.raw_job(inp, ip.prepare(inp))
             if st.tokens != tokens:
@@ -117,24 +117,24 @@ def measure(ctx: c.Context, args) -> dict:
     async def go():
         micro = await _micro(ip)
         # Warm-up: the first requests allocate buffers; not measured.
-        await ip.raw_job(c.job_input(0, 8))
-        await ip.handler_job(c.job_input(0, 8))
+        await ip.raw_job(workload.job_input(0, 8))
+        await ip.handler_job(workload.job_input(0, 8))
         together = {v: [] for v in TOGETHER}
         for rep in range(reps_together):
             # A pacer request keeps the engine mid-step while the four are submitted, so
             # all four join the batch at the same step boundary (an idle engine would
             # start a step for whichever arrived first).
-            pacer = asyncio.ensure_future(ip.raw_job(c.job_input(rep + 8, tokens + 8)))
+            pacer = asyncio.ensure_future(ip.raw_job(workload.job_input(rep + 8, tokens + 8)))
             await asyncio.sleep(0.02)
             order = TOGETHER if rep % 2 == 0 else TOGETHER[::-1]  # who submits first
-            sts = await asyncio.gather(*(job(v, c.job_input(rep, tokens, v.endswith("stream")))
-                                         for v in order))
+            sts = await asyncio.gather(*(
+                job(v, workload.job_input(rep, tokens, v.endswith("stream"))) for v in order))
             await pacer
             for v, st in zip(order, sts, strict=True):
                 together[v].append(st)
         alone = {v: [] for v in ALONE}
-        for i, v in enumerate(c.interleave(ALONE, reps_alone)):
-            alone[v].append(await job(v, c.job_input(i // 2, tokens)))
+        for i, v in enumerate(workload.interleave(ALONE, reps_alone)):
+            alone[v].append(await job(v, workload.job_input(i // 2, tokens)))
         return micro, together, alone
 
     micro, together, alone = ctx.run(go())
@@ -152,21 +152,22 @@ def measure(ctx: c.Context, args) -> dict:
             # differ by +-5-10% on a shared VM, which hides a 3% effect either way.
             target = TARGET if (mode == "stream" and design == "side by side") else None
             note = "" if design == "side by side" else "drift-prone; see side by side"
-            out["ratios"].append(c.ratio(f"handler/raw tok/s, {mode} mode, {design}", ratio,
-                                         target, note))
+            out["ratios"].append(stats.ratio(f"handler/raw tok/s, {mode} mode, {design}", ratio,
+                                             target, note))
     return out
 
 
-def _engine_args(ip: c.InProcess) -> dict:
+def _engine_args(ip: engine.InProcess) -> dict:
     return {k: v for k, v in ip.h.ENGINE_ARGS.items() if v is not None and k != "model"}
 
 
 def report(r: dict) -> str:
     def tab(rows):
-        return c.table(["variant", "tok/s", "job ms", "TTFT ms", "chunks/job",
-                        "handler/raw (paired)", "handler extra ms/job (paired)"],
+        return stats.table(["variant", "tok/s", "job ms", "TTFT ms", "chunks/job",
+                            "handler/raw (paired)", "handler extra ms/job (paired)"],
                        [[v, x["tok_s"], x["latency_s"] * 1e3, x["ttft_ms"], x["chunks"],
-                         c.fmt(x.get("paired_ratio"), 3), c.fmt(x.get("paired_extra_ms"), 1)]
+                         stats.fmt(x.get("paired_ratio"), 3),
+                         stats.fmt(x.get("paired_extra_ms"), 1)]
                         for v, x in rows.items()])
 
     m = r["micro"]
@@ -179,9 +180,9 @@ def report(r: dict) -> str:
         tab(r["alone"]),
         f"handler code alone: {m['per_job_us']:.0f} us per job (validation, chat template, "
         f"tokenizer, SamplingParams), {m['per_chunk_us']:.2f} us per streamed token",
-        c.ratio_lines(r["ratios"]),
+        stats.ratio_lines(r["ratios"]),
     ])
 
 
 if __name__ == "__main__":
-    c.script_main("handler_overhead", __doc__, add_args, measure, report)
+    runner.script_main("handler_overhead", __doc__, add_args, measure, report)

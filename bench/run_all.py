@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import common as c
+from bench import machine, runner, stats
 
 SUBPROCESS = ["cold_start", "cpu_settings"]
 IN_PROCESS = ["handler_overhead", "ttft_chunks", "worker_loop", "concurrency"]
@@ -49,12 +49,12 @@ def _start_subprocess(name: str, args, out_dir: Path, background: bool):
     cmd = [sys.executable, "-m", f"bench.{name}", *forwarded(args), "--json", str(js)]
     if background:
         log = (out_dir / f"{name}.log").open("w")
-        return js, subprocess.Popen(cmd, cwd=c.REPO, stdout=log, stderr=subprocess.STDOUT)
-    return js, subprocess.Popen(cmd, cwd=c.REPO)
+        return js, subprocess.Popen(cmd, cwd=runner.REPO, stdout=log, stderr=subprocess.STDOUT)
+    return js, subprocess.Popen(cmd, cwd=runner.REPO)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = c.parser(__doc__)
+    p = runner.parser(__doc__)
     p.add_argument("--only", default=None, help=f"comma list out of {','.join(ALL)}")
     p.add_argument("--write-docs", action="store_true",
                    help="write docs/BENCHMARKS.md, docs/concurrency.png, bench/results/")
@@ -82,13 +82,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.quick:
             background[name] = (js, proc)
         else:
-            c.say(f"=== {name}: {command(name, args)}")
+            runner.say(f"=== {name}: {command(name, args)}")
             if proc.wait() != 0:
                 failed.append(name)
             elif js.is_file():
                 results.update(json.loads(js.read_text()))
 
-    ctx = c.Context(args)
+    ctx = runner.Context(args)
     engine_starts: dict = {}
     try:
         if {"ttft_chunks", "worker_loop", "concurrency"} & set(only):
@@ -102,18 +102,18 @@ def main(argv: list[str] | None = None) -> int:
                 ctx.endpoint(m)
         for name in [n for n in IN_PROCESS if n in only]:
             mod = importlib.import_module(f"bench.{name}")
-            sp = c.parser(name)
+            sp = runner.parser(name)
             mod.add_args(sp)
             margs = sp.parse_args(forwarded(args))
-            c.say(f"=== {name}: {command(name, args)}")
+            runner.say(f"=== {name}: {command(name, args)}")
             t0 = time.monotonic()
             try:
                 res = mod.measure(ctx, margs)
             except Exception as err:  # report the others anyway
-                c.say(f"{name} failed: {type(err).__name__}: {err}")
+                runner.say(f"{name} failed: {type(err).__name__}: {err}")
                 failed.append(name)
                 continue
-            res["model"] = c.model_label(args)
+            res["model"] = runner.model_label(args)
             res["seconds"] = time.monotonic() - t0
             results[name] = res
             print(mod.report(res) + "\n", flush=True)
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, (js, proc) in background.items():
         if proc.wait() != 0:
             failed.append(name)
-            c.say(f"{name} failed; its log: {js.with_suffix('.log')}")
+            runner.say(f"{name} failed; its log: {js.with_suffix('.log')}")
         elif js.is_file():
             results.update(json.loads(js.read_text()))
             mod = importlib.import_module(f"bench.{name}")
@@ -133,10 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     for name in ALL:
         if name in results:
             results[name]["ran_at"] = time.strftime("%Y-%m-%d %H:%M %Z")
-    latest = c.REPO / "bench" / "results" / "latest.json"
+    latest = runner.REPO / "bench" / "results" / "latest.json"
     if args.merge and latest.is_file():
         previous = json.loads(latest.read_text())
-        if previous.get("_run", {}).get("model") != c.model_label(args):
+        if previous.get("_run", {}).get("model") != runner.model_label(args):
             p.error(f"--merge: {latest} holds figures for another model")
         for name in ALL:
             if name not in results and name in previous:
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
                 results[name].setdefault("ran_at", previous["_run"]["date"])
         engine_starts = {**previous["_run"].get("engine_starts_s", {}), **engine_starts}
     merged = sorted(n for n in ALL if n in results and n not in only)
-    info = {"merged": merged, "machine": c.machine(), "model": c.model_label(args),
+    info = {"merged": merged, "machine": machine.machine(), "model": runner.model_label(args),
             "quick": args.quick,
             "date": time.strftime("%Y-%m-%d %H:%M %Z"), "engine_starts_s": engine_starts,
             "total_s": time.monotonic() - t_start, "failed": failed,
@@ -153,18 +153,18 @@ def main(argv: list[str] | None = None) -> int:
     results["_run"] = info
     ratios = [r for name in ALL if name in results for r in results[name].get("ratios", [])]
     print("## Summary")
-    print(c.ratio_lines([r for r in ratios if r["target"] is not None]))
+    print(stats.ratio_lines([r for r in ratios if r["target"] is not None]))
     print(f"total {info['total_s'] / 60:.1f} min on {info['machine']['description']}")
     if failed:
         print(f"FAILED to run: {', '.join(failed)}")
     if args.json:
-        c.write_json(args.json, results)
+        runner.write_json(args.json, results)
     if args.write_docs:
         from bench import docs
 
-        c.write_json(latest, results)
-        docs.write(results, c.REPO / "docs")
-        c.say("wrote docs/BENCHMARKS.md, docs/concurrency.png, bench/results/latest.json")
+        runner.write_json(latest, results)
+        docs.write(results, runner.REPO / "docs")
+        runner.say("wrote docs/BENCHMARKS.md, docs/concurrency.png, bench/results/latest.json")
     if failed or (args.strict and any(r["verdict"] == "FAIL" for r in ratios)):
         return 1
     return 0

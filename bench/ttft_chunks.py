@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 
-from bench import common as c
+from bench import runner, stats, workload
 
 
 def add_args(p) -> None:
@@ -97,7 +97,7 @@ def compare_policies(times: list[float], post_ms_list=(2.0, 30.0)) -> list[dict]
     return rows
 
 
-def token_times(st: c.JobStats) -> list[float]:
+def token_times(st: workload.JobStats) -> list[float]:
     """Per-token arrival times from a raw DELTA run (a step's tokens share its time)."""
     out = []
     for t, n in zip(st.chunk_times, st.chunk_tokens, strict=True):
@@ -105,7 +105,7 @@ def token_times(st: c.JobStats) -> list[float]:
     return out
 
 
-def tokens_per_chunk(raw: c.JobStats, texts: list[str]) -> list[int] | None:
+def tokens_per_chunk(raw: workload.JobStats, texts: list[str]) -> list[int] | None:
     """Map chunk texts onto the raw run's tokens (same greedy answer), else None."""
     if "".join(texts) != raw.text:
         return None
@@ -124,7 +124,7 @@ def tokens_per_chunk(raw: c.JobStats, texts: list[str]) -> list[int] | None:
     return out
 
 
-def measure(ctx: c.Context, args) -> dict:
+def measure(ctx: runner.Context, args) -> dict:
     reps = args.reps or (3 if args.quick else 4)
     long = args.long or (64 if args.quick else 128)
     ip = ctx.inproc()
@@ -132,15 +132,15 @@ def measure(ctx: c.Context, args) -> dict:
     ep = ctx.endpoint(modifier)
 
     async def go():
-        short = c.job_input(0, 8)
+        short = workload.job_input(0, 8)
         await ip.raw_job(short)
         await ip.handler_job(short)
         await ep.stream_job(short)
         ttft = {"engine (raw vLLM)": [], "handler (in process)": [],
                 "endpoint client (/run -> /stream)": []}
         names = list(ttft)
-        for i, name in enumerate(c.interleave(names, reps)):
-            inp = c.job_input(i // 3, 8)
+        for i, name in enumerate(workload.interleave(names, reps)):
+            inp = workload.job_input(i // 3, 8)
             if name.startswith("engine"):
                 st = await ip.raw_job(inp, ip.prepare(inp))
             elif name.startswith("handler"):
@@ -149,7 +149,7 @@ def measure(ctx: c.Context, args) -> dict:
                 await asyncio.sleep(1.5)  # an idle worker: its take poll is open
                 st = await ep.stream_job(inp)
             ttft[name].append(st.ttft)
-        long_inp = c.job_input(1, long)
+        long_inp = workload.job_input(1, long)
         raw = await ip.raw_job(long_inp, ip.prepare(long_inp))
         await asyncio.sleep(1.5)
         ep_job = await ep.stream_job(long_inp)
@@ -159,7 +159,7 @@ def measure(ctx: c.Context, args) -> dict:
     ttft, raw, ep_job, slow = ctx.run(go())
     if raw.tokens != long:
         raise RuntimeError(f"raw vLLM made {raw.tokens} tokens, not {long}")
-    ttft_rows = {k: {"p50_ms": c.pct(v, 50) * 1e3, "min_ms": min(v) * 1e3,
+    ttft_rows = {k: {"p50_ms": stats.pct(v, 50) * 1e3, "min_ms": min(v) * 1e3,
                      "max_ms": max(v) * 1e3, "n": len(v)} for k, v in ttft.items()}
     chunk_rows = {}
     for name, st in (("endpoint (local posts)", ep_job),
@@ -181,26 +181,26 @@ def measure(ctx: c.Context, args) -> dict:
             "ttft": ttft_rows, "chunks": chunk_rows, "engine_ms_per_token": step_ms,
             "policies_here": compare_policies(times, (2.0, args.post_ms)),
             "policies_gpu_5ms": compare_policies(gpu_times, (2.0, args.post_ms)),
-            "ratios": [c.ratio("engine TTFT / client TTFT",
-                               ttft_rows["engine (raw vLLM)"]["p50_ms"]
-                               / ttft_rows["endpoint client (/run -> /stream)"]["p50_ms"],
-                               None)]}
+            "ratios": [stats.ratio("engine TTFT / client TTFT",
+                                   ttft_rows["engine (raw vLLM)"]["p50_ms"]
+                                   / ttft_rows["endpoint client (/run -> /stream)"]["p50_ms"],
+                                   None)]}
 
 
 def report(r: dict) -> str:
-    ttft = c.table(["TTFT, 8-token jobs on an idle worker", "p50 ms", "min ms", "max ms", "n"],
-                   [[k, v["p50_ms"], v["min_ms"], v["max_ms"], v["n"]]
+    ttft = stats.table(["TTFT, 8-token jobs on an idle worker", "p50 ms", "min ms", "max ms", "n"],
+                       [[k, v["p50_ms"], v["min_ms"], v["max_ms"], v["n"]]
                     for k, v in r["ttft"].items()])
-    chunks = c.table(
+    chunks = stats.table(
         [f"chunks of a {r['long_tokens']}-token answer", "chunks (posts)", "tokens/chunk",
          "max tokens/chunk", "first chunk tokens", "bytes/chunk", "job s"],
-        [[k, v["chunks"], v["tokens_per_chunk"], c.fmt(v["max_tokens_per_chunk"]),
-          c.fmt(v["first_chunk_tokens"]), v["bytes_per_chunk"], v["seconds"]]
+        [[k, v["chunks"], v["tokens_per_chunk"], stats.fmt(v["max_tokens_per_chunk"]),
+          stats.fmt(v["first_chunk_tokens"]), v["bytes_per_chunk"], v["seconds"]]
          for k, v in r["chunks"].items()])
 
     def pol(rows, title):
-        return c.table([title, "post ms", "posts", "tokens/post", "max/post",
-                        "first token ms", "mean token delay ms", "max delay ms"],
+        return stats.table([title, "post ms", "posts", "tokens/post", "max/post",
+                            "first token ms", "mean token delay ms", "max delay ms"],
                        [[x["policy"], x["post_ms"], x["posts"], x["tokens_per_post"],
                          x["max_tokens_per_post"], x["first_token_ms"], x["mean_delay_ms"],
                          x["max_delay_ms"]] for x in rows])
@@ -212,9 +212,9 @@ def report(r: dict) -> str:
                                 f", {r['long_tokens']} tokens)"), "",
         pol(r["policies_gpu_5ms"], "policy, GPU-like timeline (5 ms/token, 512 tokens)"),
         "delay = from the engine producing a token to its post completing",
-        c.ratio_lines(r["ratios"]),
+        stats.ratio_lines(r["ratios"]),
     ])
 
 
 if __name__ == "__main__":
-    c.script_main("ttft_chunks", __doc__, add_args, measure, report)
+    runner.script_main("ttft_chunks", __doc__, add_args, measure, report)

@@ -13,13 +13,14 @@ client), streaming (first -> last chunk) and end (last chunk -> COMPLETED).
 
 from __future__ import annotations
 
-from bench import common as c
+from bench import runner, stats, workload
+from bench.endpoint import BenchEndpoint
 
 TARGET = 0.90
 PROBE = "bench-post-probe"
 
 
-async def post_cost(ctx: c.Context, n: int) -> dict:
+async def post_cost(ctx: runner.Context, n: int) -> dict:
     """The SDK's own stream_result(), timed: n chunk posts to a queue-only endpoint.
 
     A probe worker (worker_env() of the endpoint) takes one job and posts n chunks
@@ -30,11 +31,11 @@ async def post_cost(ctx: c.Context, n: int) -> dict:
 
     from llmkit.endpoint import worker_env
 
-    ep = c.Endpoint(1, ctx.args.handler, ctx.log_dir, workers=0)
+    ep = BenchEndpoint(1, ctx.log_dir, ctx.args.handler, workers=0)
     await ep.start()
     try:
-        env = worker_env(ep.root, c.ENDPOINT_ID, PROBE, c.API_KEY)
-        async with ep.session.post(f"{ep.base}/run", json={"input": {"prompt": "x"}}) as r:
+        env = worker_env(ep.process.root, ep.process.endpoint_id, PROBE, ep.process.api_key)
+        async with ep.session.post(f"{ep.url}/run", json={"input": {"prompt": "x"}}) as r:
             await r.json()
         take = env["RUNPOD_WEBHOOK_GET_JOB"].replace("$ID", PROBE) + "&job_in_progress=0"
         async with aiohttp.ClientSession(headers={"Authorization": env["RUNPOD_AI_API_KEY"]}) \
@@ -49,10 +50,10 @@ async def post_cost(ctx: c.Context, n: int) -> dict:
                 "$RUNPOD_POD_ID", PROBE)
             try:
                 await rp_http.stream_result(session, {"output": {"text": " warm"}}, job)
-                t0 = c.now()
+                t0 = workload.now()
                 for _ in range(n):
                     await rp_http.stream_result(session, {"output": {"text": " tok"}}, job)
-                per_post = (c.now() - t0) / n
+                per_post = (workload.now() - t0) / n
                 await rp_http.send_result(session, {"output": []}, job, is_stream=True)
             finally:
                 rp_http.JOB_STREAM_URL, rp_http.JOB_DONE_URL = saved
@@ -69,7 +70,7 @@ def add_args(p) -> None:
                    help="CONCURRENCY_MODIFIER of each endpoint to compare (1,16; quick 2)")
 
 
-def measure(ctx: c.Context, args) -> dict:
+def measure(ctx: runner.Context, args) -> dict:
     tokens = args.tokens or (32 if args.quick else 64)
     reps = args.reps or 3
     modifiers = [int(x) for x in (args.modifiers or ("2" if args.quick else "1,16")).split(",")]
@@ -77,21 +78,21 @@ def measure(ctx: c.Context, args) -> dict:
     eps = {m: ctx.endpoint(m) for m in modifiers}
     variants = ["handler (direct)", *(f"endpoint, modifier {m}" for m in modifiers)]
 
-    def runner(variant):
+    def job_fn(variant):
         if variant.startswith("handler"):
-            return lambda i: ip.handler_job(c.job_input(i, tokens))
+            return lambda i: ip.handler_job(workload.job_input(i, tokens))
         ep = eps[int(variant.rsplit(" ", 1)[1])]
-        return lambda i: ep.stream_job(c.job_input(i, tokens))
+        return lambda i: ep.stream_job(workload.job_input(i, tokens))
 
     async def go():
         for v in variants:  # warm-up
-            await runner(v)(0)
+            await job_fn(v)(0)
         marks = {m: ep.log_mark() for m, ep in eps.items()}
         rounds = {v: [] for v in variants}
-        for i, v in enumerate(c.interleave(variants, reps)):
+        for i, v in enumerate(workload.interleave(variants, reps)):
             rep = i // len(variants)
-            rnd = await c.closed_loop(lambda j, v=v, rep=rep: runner(v)(rep * 7 + j), 1,
-                                      args.jobs)
+            rnd = await workload.closed_loop(lambda j, v=v, rep=rep: job_fn(v)(rep * 7 + j), 1,
+                                             args.jobs)
             rounds[v].append(rnd)
         waits = {m: ep.queue_waits(marks[m]) for m, ep in eps.items()}
         return rounds, waits
@@ -102,13 +103,13 @@ def measure(ctx: c.Context, args) -> dict:
     for v, rs in rounds.items():
         jobs = [j for r in rs for j in r.jobs]
         rows[v] = {
-            "tok_s": c.median([r.tok_s for r in rs]),
-            "job_s": c.median([j.latency for j in jobs]),
-            "start_ms": c.median([j.ttft * 1e3 for j in jobs]),
-            "stream_ms": c.median([(j.chunk_times[-1] - j.first) * 1e3 for j in jobs]),
-            "end_ms": c.median([(j.end - j.chunk_times[-1]) * 1e3 for j in jobs]),
-            "chunks": c.median([j.chunks for j in jobs]),
-            "bytes": c.median([j.bytes for j in jobs]),
+            "tok_s": stats.median([r.tok_s for r in rs]),
+            "job_s": stats.median([j.latency for j in jobs]),
+            "start_ms": stats.median([j.ttft * 1e3 for j in jobs]),
+            "stream_ms": stats.median([(j.chunk_times[-1] - j.first) * 1e3 for j in jobs]),
+            "end_ms": stats.median([(j.end - j.chunk_times[-1]) * 1e3 for j in jobs]),
+            "chunks": stats.median([j.chunks for j in jobs]),
+            "bytes": stats.median([j.bytes for j in jobs]),
             "rounds": len(rs), "jobs": len(jobs),
             "job_ms": [round(j.latency * 1e3, 1) for j in jobs],
             "start_ms_each": [round(j.ttft * 1e3, 1) for j in jobs],
@@ -121,30 +122,30 @@ def measure(ctx: c.Context, args) -> dict:
         x["extra_start_ms"] = x["start_ms"] - base["start_ms"]
         w = waits[int(v.rsplit(" ", 1)[1])]
         x["queue_wait_s"] = w
-        x["queue_wait_median_s"] = c.median(w)
-        ratios.append(c.ratio(f"{v} / direct handler tok/s", x["tok_s"] / base["tok_s"],
-                              TARGET))
+        x["queue_wait_median_s"] = stats.median(w)
+        ratios.append(stats.ratio(f"{v} / direct handler tok/s", x["tok_s"] / base["tok_s"],
+                                  TARGET))
     return {"tokens_per_job": tokens, "reps": reps, "jobs_per_round": args.jobs,
             "rows": rows, "ratios": ratios, "post": posts}
 
 
 def report(r: dict) -> str:
     rows = [[v, x["tok_s"], x["job_s"] * 1e3, x["start_ms"], x["stream_ms"], x["end_ms"],
-             c.fmt(x.get("queue_wait_median_s"), 2), x["chunks"], x["bytes"]]
+             stats.fmt(x.get("queue_wait_median_s"), 2), x["chunks"], x["bytes"]]
             for v, x in r["rows"].items()]
     return "\n".join([
         f"## 2. Worker loop overhead ({r['model']}, {r['tokens_per_job']} tokens/job, stream "
         f"mode, {r['reps']} rounds x {r['jobs_per_round']} jobs back to back per variant)",
-        c.table(["path", "tok/s", "job ms", "start ms", "stream ms", "end ms",
-                 "queue wait s", "chunks/job", "bytes/job"], rows),
+        stats.table(["path", "tok/s", "job ms", "start ms", "stream ms", "end ms",
+                     "queue wait s", "chunks/job", "bytes/job"], rows),
         "start = submit -> first chunk at the client; stream = first -> last chunk; "
         "end = last chunk -> COMPLETED seen; queue wait = submit -> taken by the worker "
         "(endpoint log, 0.1 s resolution)",
         f"one chunk post with the SDK's rp_http.stream_result to the local endpoint: "
         f"{r['post']['per_post_us']:.0f} us (mean of {r['post']['posts']} in a row)",
-        c.ratio_lines(r["ratios"]),
+        stats.ratio_lines(r["ratios"]),
     ])
 
 
 if __name__ == "__main__":
-    c.script_main("worker_loop", __doc__, add_args, measure, report)
+    runner.script_main("worker_loop", __doc__, add_args, measure, report)

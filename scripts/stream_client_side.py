@@ -34,6 +34,9 @@ from urllib.parse import urlsplit
 import requests
 
 PLATFORM_BASE_URL = "https://api.runpod.ai/v2"
+# This script stays standalone (people copy it to a laptop that has only `requests`),
+# so it does not import llmkit; these two mirror llmkit.endpoint.config.DEV_API_KEY and
+# llmkit.endpoint.jobs.FINAL, which test_clients.py checks.
 LOCAL_DEV_KEY = "local-dev-key"  # what `python -m llmkit.endpoint` uses without a key
 FINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT")
 

@@ -14,7 +14,9 @@ import time
 
 import pytest
 
+from llmkit.endpoint.config import DEV_API_KEY
 from llmkit.endpoint.harness import EndpointClient, EndpointProcess
+from llmkit.endpoint.jobs import FINAL
 from llmkit.job_inputs import exact_tokens
 from llmkit.paths import REPO_ROOT
 
@@ -33,6 +35,12 @@ def _load_client():
 
 
 client = _load_client()
+
+
+def test_the_standalone_client_names_the_endpoints_final_states_and_dev_key():
+    """The client does not import llmkit (it is copied to laptops): its copies must match."""
+    assert set(client.FINAL) == FINAL
+    assert client.LOCAL_DEV_KEY == DEV_API_KEY
 
 
 def run_client(endpoint: EndpointClient, *args: str, out=None) -> tuple[int, str, str]:

@@ -526,36 +526,11 @@ ENDPOINT_ID = "startsh"
 @pytest.fixture
 def endpoint(tmp_path):
     """python -m llmkit.endpoint with no workers of its own: start.sh brings the worker."""
-    pytest.importorskip("llmkit.endpoint", reason="the local endpoint (llmkit.endpoint) is missing")
-    port = free_port()
-    log = open(tmp_path / "endpoint.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llmkit.endpoint", "--port", str(port), "--api-key", API_KEY,
-         "--endpoint-id", ENDPOINT_ID, "--workers", "0"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp_path)
-    log.close()
-    base = f"http://127.0.0.1:{port}/v2"
-    auth = {"authorization": f"Bearer {API_KEY}", "content-type": "application/json"}
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if http(f"{base}/{ENDPOINT_ID}/health", auth)[0] == 200:
-                break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError((tmp_path / "endpoint.log").read_text()[-3000:])
-        time.sleep(0.3)
-    try:
-        yield base, auth
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
+    from llmkit.endpoint.harness import EndpointProcess
+
+    with EndpointProcess(workers=0, endpoint_id=ENDPOINT_ID, api_key=API_KEY,
+                         log_path=tmp_path / "endpoint.log") as running:
+        yield running.base, {**running.headers, "content-type": "application/json"}
 
 
 @pytest.mark.engine

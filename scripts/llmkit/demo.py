@@ -13,26 +13,15 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-import re
-import secrets
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-import requests
-
 from llmkit import models
+from llmkit.endpoint.harness import EndpointError, EndpointProcess
 from llmkit.paths import REPO_ROOT, cache_dir
 
 SAMPLE_PROMPT = "What is the capital of France? Answer in one sentence."
 ENDPOINT_ID = "demo"
-START_TIMEOUT_S = 900  # a first engine start on a busy 2-core CPU can take minutes
-
-
-class DemoError(RuntimeError):
-    pass
 
 
 def _load_client():
@@ -43,95 +32,37 @@ def _load_client():
     return module
 
 
-def _tail(log: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
-def _wait_for_base_url(proc: subprocess.Popen, log: Path) -> str:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        match = re.search(r"^base url: (\S+)$", log.read_text(errors="replace"), re.M)
-        if match:
-            return match.group(1)
-        if proc.poll() is not None:
-            raise DemoError(f"the endpoint exited with code {proc.returncode}")
-        time.sleep(0.2)
-    raise DemoError("the endpoint did not start listening within 120 s")
-
-
-def _wait_for_worker(proc: subprocess.Popen, base: str, key: str) -> None:
-    """Until the worker polls for jobs: vLLM loads the model first (about a minute)."""
-    headers = {"Authorization": f"Bearer {key}"}
-    started = time.monotonic()
-    next_note = started + 15
-    while True:
-        if proc.poll() is not None:
-            raise DemoError(f"the endpoint exited with code {proc.returncode}")
-        health = requests.get(f"{base}/{ENDPOINT_ID}/health", headers=headers, timeout=10).json()
-        if health["workers"]["idle"] + health["workers"]["running"] >= 1:
-            print(f"worker ready after {time.monotonic() - started:.0f} s", flush=True)
-            return
-        if health["workers"]["unhealthy"]:
-            raise DemoError("the worker failed to start")
-        if time.monotonic() - started > START_TIMEOUT_S:
-            raise DemoError(f"the worker was not ready after {START_TIMEOUT_S} s")
-        if time.monotonic() > next_note:
-            print(f"  ... still loading ({time.monotonic() - started:.0f} s)", flush=True)
-            next_note += 15
-        time.sleep(1)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """SIGTERM: the endpoint drains and stops its worker. SIGKILL only if it hangs."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-
-
 def run_demo(model: Path, handler: Path, prompt: str, max_tokens: int) -> int:
     log = cache_dir() / "demo-endpoint.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_hex(12)
-    env = {**os.environ}
-    env.setdefault("MAX_MODEL_LEN", "2048")
     print(f"Starting the local endpoint and a worker on {model}\n"
           f"(vLLM takes about a minute on a CPU; its log: {log})", flush=True)
-    with open(log, "w") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "llmkit.endpoint", "--port", "0", "--workers", "1",
-             "--restarts", "0", "--endpoint-id", ENDPOINT_ID, "--api-key", key,
-             "--handler", str(handler), "--model", str(model)],
-            cwd=REPO_ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT,
-            start_new_session=True)
+    endpoint = EndpointProcess(workers=1, model=model, handler=handler, endpoint_id=ENDPOINT_ID,
+                               args=["--restarts", "0"], log_path=log,
+                               env={"MAX_MODEL_LEN": os.environ.get("MAX_MODEL_LEN", "2048")})
     try:
-        base = _wait_for_base_url(proc, log)
-        print(f"endpoint: {base}/{ENDPOINT_ID}", flush=True)
-        _wait_for_worker(proc, base, key)
+        endpoint.start()
+        print(f"endpoint: {endpoint.url}", flush=True)
+        waited = endpoint.wait_workers(1, progress=lambda s: print(
+            f"  ... still loading ({s:.0f} s)", flush=True))
+        print(f"worker ready after {waited:.0f} s", flush=True)
         print(f"\n>>> {prompt}\n", flush=True)
-        code = _load_client().main(["--base-url", base, "--endpoint-id", ENDPOINT_ID,
-                                    "--api-key", key, "--mode", "stream", "--prompt", prompt,
-                                    "--max-tokens", str(max_tokens)])
+        code = _load_client().main(["--base-url", endpoint.base, "--endpoint-id", ENDPOINT_ID,
+                                    "--api-key", endpoint.api_key, "--mode", "stream",
+                                    "--prompt", prompt, "--max-tokens", str(max_tokens)])
         if code:
-            print(f"\nthe job did not complete; the endpoint's log ends:\n{_tail(log)}",
-                  file=sys.stderr)
+            print(f"\nthe job did not complete; the endpoint's log ends:\n"
+                  f"{endpoint.log_tail(30)}", file=sys.stderr)
         return code
-    except DemoError as err:
-        print(f"error: {err}; the endpoint's log ends:\n{_tail(log)}", file=sys.stderr)
+    except EndpointError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
     finally:
         print("stopping the endpoint and its worker...", flush=True)
-        _stop(proc)
-        print(f"stopped (exit code {proc.returncode})", flush=True)
+        code = endpoint.stop()
+        print(f"stopped (exit code {code})", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,118 @@
+"""What the benchmarks send and time: the prompts, the job inputs, one job's timings,
+and clients in closed loops."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.stats import median, pct
+from llmkit.job_inputs import exact_tokens
+
+now = time.perf_counter
+
+# A fixed prompt set: short, varied chat questions. Every job generates exactly the
+# same number of tokens (min_tokens = max_tokens, greedy), so throughput compares.
+PROMPTS = [
+    "What is the capital of France?",
+    "Explain what a GPU does, in two sentences.",
+    "Write a haiku about the sea.",
+    "List three uses of Python.",
+    "Why is the sky blue?",
+    "Give me a short recipe for pancakes.",
+    "What is a neural network?",
+    "Describe a cat to someone who has never seen one.",
+    "How do airplanes stay in the air?",
+    "Summarise the plot of Romeo and Juliet.",
+    "What is the difference between weather and climate?",
+    "Suggest a name for a coffee shop.",
+    "How does a refrigerator work?",
+    "Write a limerick about a programmer.",
+    "What are prime numbers?",
+    "Tell me a fun fact about octopuses.",
+]
+
+
+def job_input(i: int, tokens: int, stream: bool = True) -> dict:
+    """Prompt ``i`` of the set as a chat message; greedy, exactly ``tokens`` tokens."""
+    return exact_tokens(tokens, PROMPTS[i % len(PROMPTS)], stream=stream, chat=True,
+                        temperature=0)
+
+
+@dataclass
+class JobStats:
+    start: float
+    end: float = 0.0
+    first: float | None = None        # when the first chunk reached the consumer
+    tokens: int = 0                   # generated tokens (exact for raw vLLM)
+    chunks: int = 0                   # chunks yielded / posted
+    bytes: int = 0                    # JSON bytes the worker would post for the chunks
+    chunk_times: list[float] = field(default_factory=list)
+    chunk_tokens: list[int] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.texts)
+
+    @property
+    def latency(self) -> float:
+        return self.end - self.start
+
+    @property
+    def ttft(self) -> float | None:
+        return None if self.first is None else self.first - self.start
+
+
+def post_bytes(chunk: Any) -> int:
+    """Bytes of the body the SDK posts for one streamed chunk."""
+    return len(json.dumps({"output": chunk}, ensure_ascii=False).encode())
+
+
+@dataclass
+class Round:
+    """C clients in closed loops, each running jobs back to back."""
+    clients: int
+    makespan: float
+    jobs: list[JobStats]
+
+    @property
+    def tokens(self) -> int:
+        return sum(j.tokens for j in self.jobs)
+
+    @property
+    def tok_s(self) -> float:
+        return self.tokens / self.makespan
+
+    def summary(self) -> dict:
+        lat = [j.latency for j in self.jobs]
+        return {"clients": self.clients, "jobs": len(self.jobs), "tokens": self.tokens,
+                "makespan_s": self.makespan, "tok_s": self.tok_s,
+                "p50_s": pct(lat, 50), "p95_s": pct(lat, 95),
+                "ttft_p50_s": pct([j.ttft for j in self.jobs], 50),
+                "chunks_per_job": median([j.chunks for j in self.jobs])}
+
+
+async def closed_loop(run_job: Callable[[int], Awaitable[JobStats]], clients: int,
+                      jobs_per_client: int) -> Round:
+    results: list[JobStats] = []
+
+    async def client(c: int) -> None:
+        for j in range(jobs_per_client):
+            results.append(await run_job(c * jobs_per_client + j))
+
+    t0 = now()
+    await asyncio.gather(*(client(c) for c in range(clients)))
+    return Round(clients, now() - t0, results)
+
+
+def interleave(variants: list[str], reps: int) -> list[str]:
+    """A,B,C, C,B,A, A,B,C ...: alternating order cancels drift and warm-up order."""
+    order = []
+    for r in range(reps):
+        order.extend(variants if r % 2 == 0 else list(reversed(variants)))
+    return order
