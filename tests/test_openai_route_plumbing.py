@@ -60,6 +60,7 @@ def test_requests_become_jobs_with_the_platforms_input(ep):
     assert [m.id for m in models.data] == ["fake"]
     assert models.model_extra["echo"] == {"openai_route": "/v1/models"}  # a GET has no body
     assert ep.health()["jobs"]["completed"] >= 3
+    assert f'openai client: OpenAI(base_url="{ep.url}/openai/v1"' in ep.log_text()
 
 
 def test_stream_is_relayed_while_the_job_runs(ep):
