@@ -15,34 +15,36 @@ from __future__ import annotations
 
 import json
 
-from bench import common as c
+from bench import runner, stats, workload
+from bench.endpoint import BenchEndpoint
+from llmkit.endpoint.harness import EndpointError
 
 TARGET = 0.95
 VARIANTS = ["raw vLLM (in process)", "native API (/run + /stream)",
             "OpenAI route (SSE stream)"]
 
 
-async def served_model(ep: c.Endpoint) -> str:
+async def served_model(ep: BenchEndpoint) -> str:
     """The name the route serves (OPENAI_SERVED_MODEL_NAME_OVERRIDE, else the model id)."""
-    async with ep.session.get(f"{ep.base}/openai/v1/models") as r:
+    async with ep.session.get(f"{ep.url}/openai/v1/models") as r:
         body = await r.json()
         if r.status != 200:
-            raise c.EndpointError(f"/openai/v1/models answered {r.status}: {body}")
+            raise EndpointError(f"/openai/v1/models answered {r.status}: {body}")
     return body["data"][0]["id"]
 
 
-async def openai_job(ep: c.Endpoint, model: str, i: int, tokens: int) -> c.JobStats:
+async def openai_job(ep: BenchEndpoint, model: str, i: int, tokens: int) -> workload.JobStats:
     """One streamed chat completion through the OpenAI route."""
+    native = workload.job_input(i, tokens)  # the same prompt and sampling as the native job
     body = {"model": model, "stream": True, "stream_options": {"include_usage": True},
-            "messages": [{"role": "user", "content": c.PROMPTS[i % len(c.PROMPTS)]}],
-            **c.sampling(tokens)}
-    st = c.JobStats(start=c.now())
-    async with ep.session.post(f"{ep.base}/openai/v1/chat/completions", json=body) as r:
+            "messages": native["messages"], **native["sampling_params"]}
+    st = workload.JobStats(start=workload.now())
+    async with ep.session.post(f"{ep.url}/openai/v1/chat/completions", json=body) as r:
         if r.status != 200:
-            raise c.EndpointError(f"the OpenAI route answered {r.status}: {await r.text()}")
+            raise EndpointError(f"the OpenAI route answered {r.status}: {await r.text()}")
         pending = b""
         async for data in r.content.iter_any():
-            t = c.now()
+            t = workload.now()
             pending += data
             events, pending = pending.rsplit(b"\n\n", 1) if b"\n\n" in pending \
                 else (b"", pending)
@@ -53,7 +55,7 @@ async def openai_job(ep: c.Endpoint, model: str, i: int, tokens: int) -> c.JobSt
                     continue
                 obj = json.loads(payload)
                 if "error" in obj:
-                    raise c.EndpointError(f"error event: {obj['error']}")
+                    raise EndpointError(f"error event: {obj['error']}")
                 if obj.get("usage"):
                     st.tokens = obj["usage"]["completion_tokens"]
                 texts += [ch["delta"].get("content") or "" for ch in obj.get("choices", [])]
@@ -63,9 +65,9 @@ async def openai_job(ep: c.Endpoint, model: str, i: int, tokens: int) -> c.JobSt
                 st.chunks += 1  # a network read that carried text
                 st.chunk_times.append(t)
                 st.texts.append("".join(texts))
-    st.end = c.now()
+    st.end = workload.now()
     if st.tokens != tokens:
-        raise c.EndpointError(f"the OpenAI route generated {st.tokens} tokens, not {tokens}")
+        raise EndpointError(f"the OpenAI route generated {st.tokens} tokens, not {tokens}")
     return st
 
 
@@ -76,7 +78,7 @@ def add_args(p) -> None:
                    help="closed-loop clients at once, comma list (1,8; quick 1,2)")
 
 
-def measure(ctx: c.Context, args) -> dict:
+def measure(ctx: runner.Context, args) -> dict:
     tokens = args.tokens or (32 if args.quick else 64)
     clients = [int(x) for x in (args.clients or ("1,2" if args.quick else "1,8")).split(",")]
     # One worker with room for every client: the SDK's fetch loop idles up to 1 s
@@ -88,9 +90,9 @@ def measure(ctx: c.Context, args) -> dict:
 
     def runner(variant: str):
         if variant.startswith("raw"):
-            return lambda i: ip.raw_job(c.job_input(i, tokens))
+            return lambda i: ip.raw_job(workload.job_input(i, tokens))
         if variant.startswith("native"):
-            return lambda i: ep.stream_job(c.job_input(i, tokens))
+            return lambda i: ep.stream_job(workload.job_input(i, tokens))
         return lambda i: openai_job(ep, model, i, tokens)
 
     async def go():
@@ -98,9 +100,9 @@ def measure(ctx: c.Context, args) -> dict:
         rounds = {(n, v): [] for n in clients for v in VARIANTS}
         for n in clients:
             jobs = 3 if n == 1 else 2
-            for i, v in enumerate(c.interleave(VARIANTS, args.reps)):
+            for i, v in enumerate(workload.interleave(VARIANTS, args.reps)):
                 rep = i // len(VARIANTS)
-                rounds[n, v].append(await c.closed_loop(
+                rounds[n, v].append(await workload.closed_loop(
                     lambda j, v=v, rep=rep: runner(v)(rep * 7 + j), n, jobs))
         return {v: st.text for v, st in texts.items()}, rounds
 
@@ -112,16 +114,16 @@ def measure(ctx: c.Context, args) -> dict:
             jobs = [j for r in rs for j in r.jobs]
             rows[f"{n} client(s): {v}"] = {
                 "clients": n, "variant": v,
-                "tok_s": c.median([r.tok_s for r in rs]),
-                "job_s": c.median([j.latency for j in jobs]),
-                "ttft_ms": c.median([j.ttft * 1e3 for j in jobs]),
-                "chunks": c.median([j.chunks for j in jobs]),
+                "tok_s": stats.median([r.tok_s for r in rs]),
+                "job_s": stats.median([j.latency for j in jobs]),
+                "ttft_ms": stats.median([j.ttft * 1e3 for j in jobs]),
+                "chunks": stats.median([j.chunks for j in jobs]),
                 "rounds": len(rs), "jobs": len(jobs)}
         oa, native, raw = (rows[f"{n} client(s): {v}"]["tok_s"] for v in
                            (VARIANTS[2], VARIANTS[1], VARIANTS[0]))
-        ratios.append(c.ratio(f"OpenAI route / native API tok/s, {n} client(s)",
+        ratios.append(stats.ratio(f"OpenAI route / native API tok/s, {n} client(s)",
                               oa / native, TARGET))
-        ratios.append(c.ratio(f"OpenAI route / raw vLLM tok/s, {n} client(s)", oa / raw, None))
+        ratios.append(stats.ratio(f"OpenAI route / raw vLLM tok/s, {n} client(s)", oa / raw, None))
     same = texts[VARIANTS[1]] == texts[VARIANTS[2]]
     return {"tokens_per_job": tokens, "reps": args.reps, "modifier": modifier,
             "served_model": model, "rows": rows, "ratios": ratios,
@@ -134,16 +136,16 @@ def report(r: dict) -> str:
     return "\n".join([
         f"## 7. The OpenAI route ({r['model']}, {r['tokens_per_job']} tokens/job, streaming, "
         f"{r['reps']} rounds per variant, CONCURRENCY_MODIFIER={r['modifier']})",
-        c.table(["clients", "path", "tok/s", "job ms", "first text ms", "reads/job"], rows),
+        stats.table(["clients", "path", "tok/s", "job ms", "first text ms", "reads/job"], rows),
         "tok/s: all clients' tokens over the round's wall time; first text: submit -> first "
         "text at the client; reads/job: deliveries that carried text (SSE reads for the "
         "route, /stream polls for the native API, engine outputs for raw vLLM)",
         "greedy answer to the first prompt, native API and OpenAI route: "
         + ("the same text" if r["same_text_native_openai"] else "different texts (the "
            "route applies vLLM's chat template, the native API the handler's)"),
-        c.ratio_lines(r["ratios"]),
+        stats.ratio_lines(r["ratios"]),
     ])
 
 
 if __name__ == "__main__":
-    c.script_main("openai_route", __doc__, add_args, measure, report)
+    runner.script_main("openai_route", __doc__, add_args, measure, report)
