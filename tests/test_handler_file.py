@@ -74,7 +74,7 @@ def test_import_starts_no_engine(handler_path, tiny_model_dir):
         "import multiprocessing as mp, threading\n"
         "assert h._engine is None\n"
         "assert mp.active_children() == [], mp.active_children()\n"
-        "print('ok', h.CONCURRENCY_MODIFIER, h.ENGINE_ARGS.dtype, h.ENGINE_ARGS.model)\n"
+        "print('ok', h.CONCURRENCY_MODIFIER, h.ENGINE_ARGS['dtype'], h.ENGINE_ARGS['model'])\n"
     )
     result = run_handler_code(handler_path, code, MODEL=str(tiny_model_dir),
                               CONCURRENCY_MODIFIER="3")
