@@ -113,9 +113,11 @@ def raw_engine_args() -> dict:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND",
                               ",".join(map(str, sorted(os.sched_getaffinity(0)))))
-    args = {"model": os.environ["MODEL"], "dtype": "float32" if cpu else "auto",
-            "enforce_eager": cpu, "gpu_memory_utilization": 0.3 if cpu else 0.90,
-            "tensor_parallel_size": 1, "trust_remote_code": False}
+    model = os.environ["MODEL"]
+    args = {"model": model, "served_model_name": [os.path.basename(model.rstrip("/"))],
+            "gpu_memory_utilization": 0.3 if cpu else 0.90}
+    if cpu:
+        args.update(dtype="float32", enforce_eager=True)
     if os.environ.get("GPU_MEMORY_UTILIZATION"):
         args["gpu_memory_utilization"] = float(os.environ["GPU_MEMORY_UTILIZATION"])
     return args

@@ -14,6 +14,7 @@ TITLES = {
     "ttft_chunks": "4. Time to first token, chunking",
     "cold_start": "5. Cold start",
     "cpu_settings": "6. CPU settings",
+    "openai_route": "7. The OpenAI route",
 }
 ORDER = list(TITLES)
 

@@ -2,7 +2,7 @@
 
 The two that need fresh processes (cold start, CPU settings) run first, as their own
 scripts, while nothing else runs. Then one in-process engine and the local endpoints
-(CONCURRENCY_MODIFIER 1 and 16) serve the other four. With --write-docs the figures
+(CONCURRENCY_MODIFIER 1 and 16) serve the other five. With --write-docs the figures
 go to docs/BENCHMARKS.md and docs/concurrency.png, and all numbers to
 bench/results/latest.json.
 
@@ -23,7 +23,7 @@ from pathlib import Path
 from bench import machine, runner, stats
 
 SUBPROCESS = ["cold_start", "cpu_settings"]
-IN_PROCESS = ["handler_overhead", "ttft_chunks", "worker_loop", "concurrency"]
+IN_PROCESS = ["handler_overhead", "ttft_chunks", "worker_loop", "concurrency", "openai_route"]
 ALL = SUBPROCESS[:1] + IN_PROCESS + SUBPROCESS[1:]
 
 
@@ -91,11 +91,12 @@ def main(argv: list[str] | None = None) -> int:
     ctx = runner.Context(args)
     engine_starts: dict = {}
     try:
-        if {"ttft_chunks", "worker_loop", "concurrency"} & set(only):
+        uses_both = {"ttft_chunks", "worker_loop", "concurrency"} & set(only)
+        if uses_both or "openai_route" in only:
             # The endpoints' workers start beside the in-process engine, and nothing is
             # measured until all are up (so their start times overlap: they are not
-            # cold-start figures; cold_start has those).
-            modifiers = [2] if args.quick else [1, 16]
+            # cold-start figures; cold_start has those). openai_route uses modifier 16.
+            modifiers = [2] if args.quick else [1, 16] if uses_both else [16]
             ctx.prestart(modifiers)
             ctx.inproc()
             for m in modifiers:

@@ -7,17 +7,34 @@
 
 
 # %% cell 4 (id imports)
+import argparse
+import dataclasses
+import difflib
+import json
 import os
+import re
+import sys
+import traceback
+import types
 import uuid
 
+import msgspec  # vLLM's own dependency: SamplingParams is a msgspec Struct
 from vllm import AsyncEngineArgs, AsyncLLMEngine, SamplingParams
+from vllm.entrypoints.launchers.cli_args import (
+    BaseFrontendArgs,
+    make_arg_parser,
+    validate_parsed_serve_args,
+)
+from vllm.entrypoints.serve.exception_handling.utils import sanitize_message
+from vllm.exceptions import GracefulHTTPError, VLLMClientError
 from vllm.platforms import current_platform
 from vllm.sampling_params import RequestOutputKind
+from vllm.utils.argparse_utils import FlexibleArgumentParser
+from vllm.v1.engine.exceptions import EngineGenerateError
 
 
 # %% cell 5 (id settings)
-# Engine settings come from environment variables named after vLLM's flags, as in
-# Runpod's official vLLM worker. A bad value stops start-up with a clear message.
+# The worker's own settings. A bad value stops start-up with a message naming it.
 ON_CPU = current_platform.is_cpu()
 
 
@@ -39,11 +56,10 @@ def _bool(raw):
         return True
     if raw.lower() in ("0", "false", "no", "off"):
         return False
-    raise ValueError(raw)
+    raise ValueError("expected true or false")
 
 
 MODEL = os.environ.get("MODEL", "").strip()
-MAX_MODEL_LEN = _env("MAX_MODEL_LEN", int, None, lambda v: v >= 16, "an integer >= 16")
 CONCURRENCY_MODIFIER = _env("CONCURRENCY_MODIFIER", int, 1, lambda v: 1 <= v <= 1024,
                             "an integer from 1 to 1024")
 DEFAULT_MAX_TOKENS = _env("DEFAULT_MAX_TOKENS", int, 512, lambda v: v >= 1, "an integer >= 1")
@@ -57,23 +73,101 @@ STREAM_INTERVAL_MAX_MS = _env("STREAM_INTERVAL_MAX_MS", int, max(500, STREAM_INT
                               lambda v: STREAM_INTERVAL_MS <= v <= 60_000,
                               f"an integer from STREAM_INTERVAL_MS ({STREAM_INTERVAL_MS}) "
                               "to 60000")
-ENGINE_ARGS = dict(
-    model=MODEL,
-    max_model_len=MAX_MODEL_LEN,
-    # float32 batches 4x faster than bfloat16 on a CPU without native bf16.
-    dtype=_env("DTYPE", str, "float32" if ON_CPU else "auto", None, "a dtype"),
-    # On the CPU, graph capture costs minutes at start-up and gains little.
-    enforce_eager=_env("ENFORCE_EAGER", _bool, ON_CPU, None, "true or false"),
-    # On the CPU this is the share of host memory vLLM reserves; the default 0.92 fails.
-    gpu_memory_utilization=_env("GPU_MEMORY_UTILIZATION", float, 0.3 if ON_CPU else 0.90,
-                                lambda v: 0 < v <= 1, "a number in (0, 1]"),
-    max_num_seqs=_env("MAX_NUM_SEQS", int, None, lambda v: v >= 1, "an integer >= 1"),
-    tensor_parallel_size=_env("TENSOR_PARALLEL_SIZE", int, 1, lambda v: v >= 1,
-                              "an integer >= 1"),
-    quantization=_env("QUANTIZATION", str, None, None, "a quantization method"),
-    enable_prefix_caching=_env("ENABLE_PREFIX_CACHING", _bool, None, None, "true or false"),
-    trust_remote_code=_env("TRUST_REMOTE_CODE", _bool, False, None, "true or false"),
-)
+
+# vLLM's settings: every argument of its engine and of its OpenAI serving layer, by its own
+# name in UPPER_SNAKE (--max-model-len is MAX_MODEL_LEN), parsed and checked by the parser
+# of `vllm serve` itself, so no list here goes stale. Not read: the flags of vLLM's HTTP
+# server (HOST, PORT, API_KEY, SSL_*, ...; no such server runs here), and these names,
+# which mean something else in a container:
+NOT_ENGINE_SETTINGS = {
+    "MODEL": "the kit's own: a model folder, a baked model or the embedded default's name",
+    "HF_TOKEN": "huggingface_hub reads it; as an engine argument vLLM would log it",
+    "LOG_LEVEL": "a common name for other programs' log level",
+    "MASTER_ADDR": "torch.distributed's launcher variable",
+    "MASTER_PORT": "torch.distributed's launcher variable",
+    "NNODES": "torch.distributed's launcher variable",
+    "NODE_RANK": "torch.distributed's launcher variable",
+}
+# The kit's defaults where vLLM's do not suit it; any of them can be set by its name.
+KIT_ENGINE_DEFAULTS = {
+    # float32 batches 4x faster than bfloat16 on a CPU without native bf16; graph capture
+    # costs minutes at start-up and gains little; the share of host memory vLLM reserves
+    # (its default 0.92 fails on a CPU).
+    "dtype": "float32", "enforce_eager": True, "gpu_memory_utilization": 0.3,
+} if ON_CPU else {"gpu_memory_utilization": 0.90}
+
+
+class _SettingsParser(FlexibleArgumentParser):
+    def error(self, message):  # argparse would print its whole usage and exit
+        raise ValueError(message)
+
+
+def _env_names(text):
+    """vLLM's messages name its flags; a worker's user sets variables."""
+    text = re.sub(r"^argument [^:]+: ", "", str(text).strip().splitlines()[0] if text else "")
+    return re.sub(r"--(?:no-)?([a-z][a-z0-9-]*)", lambda m: m[1].replace("-", "_").upper(), text)
+
+
+def _setting_argv(action, raw):
+    """The command-line words for one variable's value."""
+    flag = next(o for o in action.option_strings if o.startswith("--"))
+    if isinstance(action, argparse.BooleanOptionalAction):
+        return [flag if _bool(raw) else "--no-" + flag[2:]]
+    if action.nargs == 0:  # a plain switch
+        return [flag] if _bool(raw) else []
+    if action.nargs in ("+", "*"):  # a JSON array, one JSON object, or words
+        items = json.loads(raw) if raw.startswith("[") else [raw] if raw.startswith("{") \
+            else raw.split()
+        return [flag, *(i if isinstance(i, str) else json.dumps(i) for i in items)]
+    return [f"{flag}={raw}"]
+
+
+_ENGINE_FIELDS = {f.name for f in dataclasses.fields(AsyncEngineArgs)}
+
+
+def engine_settings(environ):
+    """vLLM's parsed `vllm serve` arguments from `environ`, and the variables that set them."""
+    parser = make_arg_parser(_SettingsParser())
+    own = _ENGINE_FIELDS | {f.name for f in dataclasses.fields(BaseFrontendArgs)}
+    actions = {a.dest.upper(): a for a in parser._actions if a.dest in own and a.option_strings}
+    served = environ.get("MODEL_ID", "").strip() or os.path.basename(MODEL.rstrip("/"))
+    parser.set_defaults(model=MODEL, served_model_name=[served] if served else None,
+                        **KIT_ENGINE_DEFAULTS)
+    argv, used = [], {}
+    for name, action in sorted(actions.items()):
+        raw = environ.get(name, "").strip()
+        if not raw or name in NOT_ENGINE_SETTINGS:
+            continue
+        try:
+            words = _setting_argv(action, raw)
+            parser.parse_args(words)
+        except ValueError as err:
+            raise SystemExit(f"{name}={raw!r} is not valid: {_env_names(err)}") from None
+        argv += words
+        used[name] = raw
+    # Runpod's vLLM worker names the OpenAI model name so; it wins over SERVED_MODEL_NAME.
+    override = environ.get("OPENAI_SERVED_MODEL_NAME_OVERRIDE", "").strip()
+    if override:
+        argv += ["--served-model-name", override]
+        used["OPENAI_SERVED_MODEL_NAME_OVERRIDE"] = override
+    args = parser.parse_args(argv)
+    try:
+        validate_parsed_serve_args(args)
+    except (ValueError, TypeError) as err:
+        raise SystemExit(f"vLLM refused the settings {_settings(used)}: "
+                         f"{_env_names(str(err).removeprefix('Error: '))}") from None
+    return args, used
+
+
+def _settings(used):
+    return ", ".join(f"{k}={v!r}" for k, v in used.items()) or "(vLLM's and the kit's defaults)"
+
+
+SERVE_ARGS, ENGINE_SETTINGS = engine_settings(os.environ)
+# The engine arguments the kit and the environment set; the rest are `vllm serve`'s defaults.
+_serve_defaults = vars(make_arg_parser(_SettingsParser()).parse_args([]))
+ENGINE_ARGS = {k: v for k, v in vars(SERVE_ARGS).items()
+               if k == "model" or k in _ENGINE_FIELDS and v != _serve_defaults.get(k)}
 if ON_CPU:
     # vLLM's engine processes read these at start. KV cache size in GiB; and OpenMP on
     # every core this process may use, which decodes about 1.5x faster than vLLM's
@@ -94,9 +188,31 @@ def load_engine():
     if _engine is None:
         if not MODEL:
             raise SystemExit("MODEL is not set: point it at a model folder or a baked model")
-        args = {k: v for k, v in ENGINE_ARGS.items() if v is not None}
-        _engine = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(**args))
+        try:
+            _engine = AsyncLLMEngine.from_engine_args(AsyncEngineArgs.from_cli_args(SERVE_ARGS))
+        except (ValueError, TypeError) as err:  # vLLM's checks of the settings together
+            if callable(getattr(err, "errors", None)) and err.errors():  # pydantic's
+                first = err.errors()[0]
+                err = f"--{'.'.join(map(str, first['loc'])).replace('_', '-')}: {first['msg']}"
+            raise SystemExit(f"vLLM refused the settings {_settings(ENGINE_SETTINGS)}: "
+                             f"{_env_names(err)}") from None
     return _engine
+
+
+_openai = None  # vLLM's OpenAI serving objects on the same engine, made on first use
+
+
+async def openai_serving():
+    """vLLM's own OpenAI serving layer (chat, completions, models), as `vllm serve` sets it up."""
+    global _openai
+    if _openai is None:
+        from vllm.entrypoints.launchers.api_server.app_state import init_app_state
+
+        engine = load_engine()
+        state = types.SimpleNamespace()
+        await init_app_state(engine, state, SERVE_ARGS, await engine.get_supported_tasks())
+        _openai = _openai or state  # two first jobs at once: the first one's wins
+    return _openai
 
 
 # %% cell 7 (id validation)
@@ -107,27 +223,27 @@ class InputError(ValueError):
 ANSWER_TYPES = ("stream", "normal")
 INPUT_FIELDS = ("prompt", "messages", "answerType", "sampling_params")
 ROLES = ("system", "user", "assistant")
-_NUM = (int, float)
-# name: (accepted types, check, what was expected)
-SAMPLING_FIELDS = {
-    "max_tokens": (int, lambda v: v >= 1, "an integer >= 1"),
-    "min_tokens": (int, lambda v: v >= 0, "an integer >= 0"),
-    "temperature": (_NUM, lambda v: 0 <= v <= 10, "a number from 0 to 10"),
-    "top_p": (_NUM, lambda v: 0 < v <= 1, "a number in (0, 1]"),
-    "top_k": (int, lambda v: v == -1 or v >= 0, "-1 (off) or an integer >= 0"),
-    "min_p": (_NUM, lambda v: 0 <= v <= 1, "a number from 0 to 1"),
-    "presence_penalty": (_NUM, lambda v: -2 <= v <= 2, "a number from -2 to 2"),
-    "frequency_penalty": (_NUM, lambda v: -2 <= v <= 2, "a number from -2 to 2"),
-    "repetition_penalty": (_NUM, lambda v: 0 < v <= 2, "a number in (0, 2]"),
-    "seed": (int, lambda v: 0 <= v < 2**63, "an integer >= 0"),
-    "stop": ((str, list), lambda v: _is_stop(v), "a string or a list of up to 16 strings"),
+# Every field of vLLM's SamplingParams is accepted, and checked by vLLM itself, except
+# these, which have no place in one {"text"} answer (their default values pass).
+_LOGPROBS = "the answer carries text only; the OpenAI route (openai_route) returns logprobs"
+REFUSED_SAMPLING_FIELDS = {
+    "n": "a job answers with one text; for several, use the OpenAI route (openai_route)",
+    "logprobs": _LOGPROBS,
+    "prompt_logprobs": _LOGPROBS,
+    "prompt_logprob_token_ids": _LOGPROBS,
+    "prompt_logprob_start": _LOGPROBS,
+    "logprob_token_ids": _LOGPROBS,
+    "flat_logprobs": _LOGPROBS,
+    "detokenize": "the answer is text, so it is always detokenized",
+    "output_kind": "answerType sets it",
+    "skip_clone": "vLLM's internal flag",
+    "output_text_buffer_length": "vLLM sets it from stop",
+    "routed_experts_prompt_start": "routing data (debugging, RL) has no place in a text answer",
+    "trace_decode_token_ids": "vLLM's debugging and RL aid that forces the answer's tokens",
 }
-
-
-def _is_stop(value):
-    if isinstance(value, str):
-        return 0 < len(value) <= 1000
-    return len(value) <= 16 and all(isinstance(s, str) and 0 < len(s) <= 1000 for s in value)
+SAMPLING_FIELDS = tuple(f for f in SamplingParams.__struct_fields__ if not f.startswith("_"))
+_DEFAULTS = SamplingParams()
+_INT64 = range(-(2**63), 2**63)  # what the engine's transport carries
 
 
 def _type_name(value):
@@ -155,7 +271,8 @@ def parse_input(raw):
         raise InputError(f"input must be a JSON object, got {_type_name(raw)}")
     unknown = sorted(set(raw) - set(INPUT_FIELDS))
     if unknown:
-        raise InputError(f"unknown field input.{unknown[0]}; expected some of {', '.join(INPUT_FIELDS)}")
+        raise InputError(f"unknown field input.{unknown[0]:.40}; expected some of "
+                         f"{', '.join(INPUT_FIELDS)}, or openai_route and openai_input")
     if ("prompt" in raw) == ("messages" in raw):
         raise InputError("input needs exactly one of input.prompt (a string) or input.messages")
     if "prompt" in raw:
@@ -179,13 +296,15 @@ def parse_input(raw):
         raise InputError(f"input.sampling_params must be an object, got {_type_name(sampling)}")
     for name, value in sampling.items():
         if name not in SAMPLING_FIELDS:
-            raise InputError(f"unknown field input.sampling_params.{name:.40}; expected some of "
-                             + ", ".join(SAMPLING_FIELDS))
-        types, check, expected = SAMPLING_FIELDS[name]
-        # bool is an int in Python, but true is no token count.
-        if isinstance(value, bool) or not isinstance(value, types) or not check(value):
-            raise InputError(f"input.sampling_params.{name} must be {expected}, got {value!r:.40}")
-    return source, answer_type == "stream", dict(sampling)
+            near = difflib.get_close_matches(name, SAMPLING_FIELDS, n=1)
+            hint = f"; did you mean {near[0]}?" if near else "; see vLLM's SamplingParams"
+            raise InputError(f"unknown field input.sampling_params.{name:.40}{hint}")
+        if name in REFUSED_SAMPLING_FIELDS and value is not None \
+                and value != msgspec.to_builtins(getattr(_DEFAULTS, name)):
+            raise InputError(f"input.sampling_params.{name} is not accepted here: "
+                             f"{REFUSED_SAMPLING_FIELDS[name]}")
+    return source, answer_type == "stream", {
+        k: v for k, v in sampling.items() if k not in REFUSED_SAMPLING_FIELDS}
 
 
 def tokenize(engine, source):
@@ -206,22 +325,93 @@ def tokenize(engine, source):
     return ids
 
 
+def vllm_error_message(err, where="input.sampling_params", fields=()):
+    """vLLM's own message for a bad value, led by the field it names; one line, no paths.
+
+    When vLLM's message names no field, the first of `fields` that it mentions is named."""
+    if isinstance(err, msgspec.ValidationError):  # "Expected `int`, got `str` - at `$.top_k`"
+        text, _, path = str(err).partition(" - at ")
+        path = path.strip("`").removeprefix("$").lstrip(".")
+        m = re.fullmatch(r"Expected `(.+)`, got `(.+)`", text)
+        if m:
+            text = f"must be {_expected(m[1])}, got {_expected(m[2], article=False)}"
+        return f"{where}.{path} {text}" if path else f"{where} {text}"
+    text = sanitize_message(str(err.args[0] if err.args else err).splitlines()[0]).rstrip(".")
+    field = getattr(err, "parameter", None) or re.match(r"\w*", text)[0]
+    if field in SAMPLING_FIELDS:
+        return f"{where}.{field} {text.removeprefix(field).lstrip()}"
+    named = [f for f in fields if re.search(rf"\b{f}\b", text)]
+    if named or fields:
+        return f"{where}.{(named or fields)[0]}: {text}"
+    return f"{where}: {text}"
+
+
+def _expected(types_, article=True):
+    words = {"int": "an integer", "float": "a number", "str": "a string", "bool": "a boolean",
+             "array": "an array", "object": "an object", "null": "null"}
+    names = [words.get(t, t) for t in types_.split(" | ")]
+    if not article:
+        names = [n.split(" ", 1)[-1] for n in names]
+    return " or ".join(names)
+
+
+def _check_int64(value, field):
+    if isinstance(value, bool):
+        return
+    if isinstance(value, int) and value not in _INT64:
+        raise InputError(f"{field} is out of range: integers must fit in 64 bits")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_int64(int(k) if isinstance(k, str) and k.lstrip("-").isdigit() else k, field)
+            _check_int64(v, field)
+    elif isinstance(value, list):
+        for v in value:
+            _check_int64(v, field)
+
+
+def _vllm_sampling_params(fields):
+    try:
+        return msgspec.convert(fields, SamplingParams, str_keys=True)
+    except (msgspec.ValidationError, VLLMClientError, ValueError, TypeError) as err:
+        raise InputError(vllm_error_message(err, fields=_blame(fields))) from None
+
+
+def _blame(fields):
+    """The fields that vLLM refuses on their own (with max_tokens), for a message that
+    names none: e.g. a structured_outputs object with no constraint in it."""
+    def refused(name):
+        try:
+            msgspec.convert({"max_tokens": fields.get("max_tokens"), name: fields[name]},
+                            SamplingParams, str_keys=True)
+        except (msgspec.ValidationError, VLLMClientError, ValueError, TypeError):
+            return True
+        return False
+    return [name for name in fields if name != "max_tokens" and refused(name)]
+
+
 def sampling_params(sampling, prompt_len, limit, stream):
-    sampling = dict(sampling)
-    if sampling.get("max_tokens", 0) > limit:
+    """vLLM's SamplingParams for one job, checked by vLLM; the answer fits the context."""
+    fields = {"max_tokens": DEFAULT_MAX_TOKENS, **sampling}
+    checked = _vllm_sampling_params(fields)  # vLLM's own types, ranges and cross-field rules
+    max_tokens = checked.max_tokens
+    if "max_tokens" in sampling and max_tokens is not None and max_tokens > limit:
         raise InputError(f"input.sampling_params.max_tokens must be at most MAX_MODEL_LEN={limit}, "
-                         f"got {sampling['max_tokens']}")
-    max_tokens = sampling.pop("max_tokens", DEFAULT_MAX_TOKENS)
-    return SamplingParams(
-        # Never run past the context window: the answer gets what the prompt leaves.
-        max_tokens=min(max_tokens, limit - prompt_len),
-        # DELTA: each output holds only new text. When the worker is busy posting a
-        # chunk, vLLM merges the deltas that arrive meanwhile, so chunks grow with
-        # the client's latency: the first token goes out at once, and a long answer
-        # needs far fewer HTTP posts than tokens.
-        output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY,
-        **sampling,
-    )
+                         f"got {max_tokens}")
+    for name, value in sampling.items():
+        _check_int64(value, f"input.sampling_params.{name}")
+    # Never run past the context window: the answer gets what the prompt leaves.
+    room = limit - prompt_len
+    fields["max_tokens"] = room if max_tokens is None else min(max_tokens, room)
+    if checked.min_tokens > fields["max_tokens"]:
+        raise InputError(f"input.sampling_params.min_tokens ({checked.min_tokens}) does not fit: "
+                         f"the prompt ({prompt_len} tokens) leaves {room} of "
+                         f"MAX_MODEL_LEN={limit}")
+    # DELTA: each output holds only new text. When the worker is busy posting a chunk,
+    # vLLM merges the deltas that arrive meanwhile, so chunks grow with the client's
+    # latency: the first token goes out at once, and a long answer needs far fewer HTTP
+    # posts than tokens.
+    kind = RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY
+    return _vllm_sampling_params({**fields, "output_kind": kind.value})
 
 
 # %% cell 8 (id handler)
@@ -232,30 +422,48 @@ _aborts = set()  # abort tasks in flight (the event loop keeps only weak referen
 
 
 async def handler(job):
-    """Runpod entry point. Yields {"text": part} chunks (stream) or one {"text": full}.
+    """Runpod entry point.
 
-    Bad input yields one {"error": ...}, which fails the job; the worker goes on.
+    Native input (prompt/messages): yields {"text": part} chunks (stream) or one {"text": full}.
+    OpenAI input (openai_route + openai_input, as Runpod's /openai/v1 route queues it):
+    yields the OpenAI response body, or, streaming, strings that form its SSE body.
+    Bad input yields one {"error": ...}, which fails the job; the worker goes on. An
+    unexpected error is logged here with the job id; the client gets one line with that id.
     """
+    job_id = str(job.get("id", "job"))
+    job_input = job.get("input")
+    openai = isinstance(job_input, dict) and "openai_route" in job_input
     try:
-        source, stream, sampling = parse_input(job.get("input"))
-        engine = load_engine()
-        prompt_ids = tokenize(engine, source)
-        params = sampling_params(sampling, len(prompt_ids), engine.model_config.max_model_len,
-                                 stream)
+        chunks = openai_job(job_input, job_id) if openai else native_job(job_input, job_id)
+        async for chunk in chunks:
+            yield chunk
     except InputError as err:
         yield {"error": str(err)}
-        return
-    job_id = job.get("id", "job")
-    request_id = f"{job_id}-{uuid.uuid4().hex[:8]}"
-    # The SDK stops a cancelled or timed-out job by cancelling its asyncio task. If that
-    # lands at an await inside vLLM's generate(), vLLM aborts the request itself. But it
-    # often lands while the SDK posts a chunk, with this generator left suspended and
-    # vLLM still generating for nobody. So tie the request to the job's task: when the
-    # task ends cancelled before the answer is complete, abort the request in vLLM.
-    finished = False
+    except Exception as err:  # never a traceback or a path to the client
+        message = _log_unexpected(job_id, err)
+        yield _openai_error(500, message, "InternalServerError") if openai else {"error": message}
+
+
+def _log_unexpected(job_id, err):
+    print(f"job {job_id} failed unexpectedly:\n{traceback.format_exc()}", file=sys.stderr,
+          flush=True)
+    if isinstance(err, GracefulHTTPError):  # e.g. vLLM's queue is full: its own message
+        return f"job {job_id}: {vllm_error_message(err, 'engine')}"
+    return f"job {job_id} failed with an internal error; the worker's log has the details"
+
+
+def _tie_to_job(engine, request_id, job_id):
+    """Abort the vLLM request(s) when the job's task ends cancelled before they finish.
+
+    The SDK stops a cancelled or timed-out job by cancelling its asyncio task. If that
+    lands at an await inside vLLM's generate(), vLLM aborts the request itself. But it
+    often lands while the SDK posts a chunk, with this generator left suspended and vLLM
+    still generating for nobody. Returns a function to call when the answer is complete.
+    """
+    state = {"finished": False}
 
     def abort_if_cancelled(task):
-        if task.cancelled() and not finished:
+        if task.cancelled() and not state["finished"]:
             abort = asyncio.ensure_future(_abort(engine, request_id, job_id))
             _aborts.add(abort)
             abort.add_done_callback(_aborts.discard)
@@ -263,37 +471,184 @@ async def handler(job):
     task = asyncio.current_task()
     if task is not None:
         task.add_done_callback(abort_if_cancelled)
-    outputs = engine.generate({"prompt_token_ids": prompt_ids}, params, request_id)
+    return lambda: state.update(finished=True)
+
+
+async def _abort(engine, request_id, job_id):
+    # The OpenAI layer prefixes and splits ids (chatcmpl-ID, cmpl-ID-0): match them all.
+    processor = getattr(engine, "output_processor", None)
+    ids = [r for r in getattr(processor, "external_req_ids", ()) if request_id in r]
+    await engine.abort(ids or request_id)  # a no-op if vLLM already aborted or finished
+    running = processor.get_num_unfinished_requests() if processor is not None else "?"
+    print(f"job {job_id} stopped: vLLM request {request_id} aborted "
+          f"({running} request(s) still running)", flush=True)
+
+
+async def _gap_batched(pieces, on_end=None):
+    """Join pieces as they arrive: the first goes out at once; then a batch waits until
+    the gap since the last one has passed, STREAM_INTERVAL_MS doubling per batch up to
+    STREAM_INTERVAL_MAX_MS. vLLM merges DELTA outputs while a batch is posted."""
+    pending, last_sent, gap = "", float("-inf"), 0.0
+    async for piece, final in pieces:
+        pending += piece
+        now = time.monotonic()
+        if pending and (final or now - last_sent >= gap):
+            if final and on_end is not None:
+                on_end()
+            batch, pending, last_sent = pending, "", now
+            gap = min(max(2 * gap, STREAM_INTERVAL_MS / 1000), STREAM_INTERVAL_MAX_MS / 1000)
+            yield batch
+    if on_end is not None:
+        on_end()
+    if pending:  # an answer cut short without a final output
+        yield pending
+
+
+# ---- the native API: prompt or messages, answerType, sampling_params -----------------
+
+
+async def native_job(job_input, job_id):
+    source, stream, sampling = parse_input(job_input)
+    engine = load_engine()
+    prompt_ids = tokenize(engine, source)
+    params = sampling_params(sampling, len(prompt_ids), engine.model_config.max_model_len,
+                             stream)
+    request_id = f"{job_id}-{uuid.uuid4().hex[:8]}"
+    done = _tie_to_job(engine, request_id, job_id)
+    outputs = _vllm_outputs(engine.generate({"prompt_token_ids": prompt_ids}, params,
+                                            request_id),
+                            [f for f in _PROCESSOR_CHECKS if f in sampling])
     if stream:
-        # Chunking: vLLM hands out DELTA text, which merges while a chunk is posted. On
-        # top of that, text is held back until the gap since the last chunk has passed:
-        # none for the first text, then STREAM_INTERVAL_MS, doubling up to the maximum.
-        pending, last_sent, gap = "", float("-inf"), 0.0
-        async for output in outputs:
-            pending += output.outputs[0].text
-            now = time.monotonic()
-            if pending and (output.finished or now - last_sent >= gap):
-                finished = output.finished
-                chunk, pending, last_sent = pending, "", now
-                gap = min(max(2 * gap, STREAM_INTERVAL_MS / 1000), STREAM_INTERVAL_MAX_MS / 1000)
-                yield {"text": chunk}
-        finished = True
-        if pending:  # an answer cut short without a final output
-            yield {"text": pending}
+        async for text in _gap_batched(
+                ((o.outputs[0].text, o.finished) async for o in outputs), on_end=done):
+            yield {"text": text}
     else:
         final = None
         async for final in outputs:
             pass
-        finished = True
+        done()
         yield {"text": final.outputs[0].text}
 
 
-async def _abort(engine, request_id, job_id):
-    await engine.abort(request_id)  # a no-op if vLLM already aborted or finished it
-    processor = getattr(engine, "output_processor", None)
-    running = processor.get_num_unfinished_requests() if processor is not None else "?"
-    print(f"job {job_id} stopped: vLLM request {request_id} aborted "
-          f"({running} request(s) still running)", flush=True)
+async def _vllm_outputs(outputs, checked_fields):
+    """vLLM's outputs; a request vLLM refuses (it names the field) becomes an InputError."""
+    try:
+        async for output in outputs:
+            yield output
+    except VLLMClientError as err:
+        raise InputError(vllm_error_message(err, fields=checked_fields)) from None
+    except EngineGenerateError as err:
+        cause = err.__cause__
+        if isinstance(cause, (VLLMClientError, ValueError, TypeError, OverflowError)):
+            # A bad request after all, found by vLLM's input processor.
+            raise InputError(vllm_error_message(cause, fields=checked_fields)) from None
+        raise
+
+
+# What vLLM checks only when a request reaches the engine: against the vocabulary and the
+# structured-output backend, whose messages name no field (so it comes first).
+_PROCESSOR_CHECKS = ("structured_outputs", "allowed_token_ids", "logit_bias", "bad_words",
+                     "stop_token_ids", "thinking_token_budget")
+
+
+# ---- the OpenAI route: vLLM's own OpenAI serving layer, on the same engine ----------
+
+OPENAI_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/models")
+
+
+def _openai_error(code, message, err_type=None, param=None):
+    """OpenAI's error body, as vLLM writes it; a truthy "error" fails the job."""
+    return {"error": {"message": message, "type": err_type or "BadRequestError",
+                      "param": param, "code": code}}
+
+
+async def openai_job(job_input, job_id):
+    from pydantic import ValidationError  # vLLM's own dependency, as its protocol models are
+    from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+    from vllm.entrypoints.openai.completion.protocol import CompletionRequest
+    from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+    from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
+
+    unknown = sorted(set(job_input) - {"openai_route", "openai_input"})
+    route, body = job_input.get("openai_route"), job_input.get("openai_input")
+    if unknown:
+        yield _openai_error(400, f"unknown field input.{unknown[0]:.40}; the OpenAI route "
+                                 "takes openai_route and openai_input", param=unknown[0][:40])
+        return
+    if route not in OPENAI_ROUTES:
+        yield _openai_error(404, f"input.openai_route must be one of {', '.join(OPENAI_ROUTES)}, "
+                                 f"got {route!r:.60}", "NotFoundError", "openai_route")
+        return
+    state = await openai_serving()
+    if route == "/v1/models":  # no body: a GET, as the platform sends it
+        if body not in (None, {}):
+            yield _openai_error(405, "/v1/models takes no body (it is a GET)",
+                                "MethodNotAllowedError")
+            return
+        yield (await state.openai_serving_models.show_available_models()).model_dump(mode="json")
+        return
+    if body in (None, {}):  # a GET
+        yield _openai_error(405, f"{route} is a POST: it needs a body in input.openai_input",
+                            "MethodNotAllowedError")
+        return
+    if not isinstance(body, dict):
+        yield _openai_error(400, f"input.openai_input must be a JSON object, got "
+                                 f"{_type_name(body)}", param="openai_input")
+        return
+    chat = route == "/v1/chat/completions"
+    try:
+        request = (ChatCompletionRequest if chat else CompletionRequest).model_validate(body)
+    except ValidationError as err:
+        yield _openai_error(400, _validation_message(err), param=_validation_param(err))
+        return
+    request.request_id = f"{job_id}-{uuid.uuid4().hex[:8]}"  # to abort it on cancel
+    serving = state.openai_serving_chat if chat else state.openai_serving_completion
+    if serving is None:
+        yield _openai_error(501, f"this model does not serve {route}", "NotImplementedError")
+        return
+    engine = load_engine()
+    done = _tie_to_job(engine, request.request_id, job_id)
+    try:
+        create = serving.create_chat_completion if chat else serving.create_completion
+        result = await create(request, None)
+    except (VLLMClientError, GracefulHTTPError, ValueError, TypeError, OverflowError) as err:
+        result = create_error_response(err)  # vLLM's own mapping of its errors to statuses
+    if isinstance(result, ErrorResponse):
+        done()
+        yield result.model_dump(mode="json")
+    elif not hasattr(result, "__aiter__"):
+        done()
+        yield result.model_dump(mode="json")
+    else:  # streaming: vLLM's SSE text, batched like the native stream; ends "data: [DONE]"
+        async for text in _gap_batched(_sse_pieces(result, job_id), on_end=done):
+            yield text
+
+
+async def _sse_pieces(events, job_id):
+    """(SSE text, last?) pairs; an unexpected error mid-stream ends it as vLLM's server does."""
+    try:
+        async for event in events:
+            yield event, event.startswith("data: [DONE]")
+    except Exception as err:
+        message = _log_unexpected(job_id, err)
+        yield f"data: {json.dumps(_openai_error(500, message, 'InternalServerError'))}\n\n", False
+        yield "data: [DONE]\n\n", True
+
+
+def _validation_message(err):
+    first = err.errors()[0] if err.errors() else {}
+    where = ".".join(str(p) for p in first.get("loc", ()) if not str(p).startswith(
+        ("function-", "union[", "tagged-union", "list[", "json-or-python")))
+    msg = first.get("msg", "invalid request")
+    count = err.error_count()
+    more = f" (and {count - 1} more error{'s' * (count > 2)})" if count > 1 else ""
+    return f"{where}: {msg}{more}" if where else f"{msg}{more}"
+
+
+def _validation_param(err):
+    first = err.errors()[0] if err.errors() else {}
+    loc = first.get("loc", ())
+    return str(loc[0]) if loc else None
 
 
 # %% worker start-up: the kit's worker loop (from scripts/llmkit/worker_loop.py)

@@ -19,15 +19,57 @@ from llmkit.endpoint.harness import EndpointClient, EndpointProcess
 # handler. With "stamp", its first and last chunks carry the handler's start and end
 # times (time.time()).
 FAKE_HANDLER = '''
-import asyncio, os, time
+import asyncio, json, os, time
 from llmkit import worker_loop
 
 worker_loop.quiet_sdk_logs()
 import runpod
 
+def fake_openai(inp):
+    """The OpenAI route's contract, faked: one dict, or SSE strings ending in [DONE].
+    Each answer echoes the job's input, so tests see what the endpoint queued."""
+    route, body = inp["openai_route"], inp.get("openai_input") or {}
+    if route == "/v1/models":
+        return [{"object": "list", "echo": inp,
+                 "data": [{"id": "fake", "object": "model", "owned_by": "fake"}]}]
+    if body.get("model") != "fake":
+        return [{"error": {"message": f"The model `{body.get('model')}` does not exist.",
+                           "type": "NotFoundError", "param": "model", "code": 404}}]
+    if body.get("fake_raise"):
+        raise RuntimeError(body["fake_raise"])
+    chat = route == "/v1/chat/completions"
+    kind = "chat.completion" if chat else "text_completion"
+    words = [f"w{i} " for i in range(body.get("max_tokens", 3))]
+
+    def choice(text, finish, stream):
+        if not chat:
+            return {"index": 0, "text": text, "finish_reason": finish}
+        return {"index": 0, "finish_reason": finish,
+                "delta" if stream else "message": {"role": "assistant", "content": text}}
+
+    if not body.get("stream"):
+        return [{"id": "fake-1", "object": kind, "created": 0, "model": "fake", "echo": inp,
+                 "choices": [choice("".join(words), "length", False)]}]
+    pieces = []
+    for i, word in enumerate(words):
+        if i == body.get("fake_fail_after"):
+            return pieces + [{"error": {"message": "the engine broke", "type":
+                                        "InternalServerError", "code": 500}}]
+        chunk = {"id": "fake-1", "object": kind + (".chunk" if chat else ""), "created": 0,
+                 "model": "fake", "choices": [choice(word, None, True)]}
+        pieces.append(f"data: {json.dumps(chunk)}\\n\\n")
+    return pieces + ["data: [DONE]\\n\\n"]
+
+
 async def handler(job):
     inp = job["input"]
     started = time.time()
+    if "openai_route" in inp:
+        delay = (inp.get("openai_input") or {}).get("fake_delay", 0)
+        for piece in fake_openai(inp):
+            await asyncio.sleep(delay)
+            yield piece
+        return
     if inp.get("fail"):
         yield {"error": inp["fail"]}
         return

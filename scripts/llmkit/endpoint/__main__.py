@@ -133,6 +133,8 @@ async def _serve(args, config: EndpointConfig, handler: Path, worker_vars: dict)
           f"try: curl -H 'Authorization: Bearer {shown_key}' {base}/{config.endpoint_id}/health\n"
           f"client: RUNPOD_ENDPOINT_BASE_URL={base} python scripts/stream_client_side.py "
           f"--endpoint-id {config.endpoint_id} --prompt 'Hello'\n"
+          f"openai client: OpenAI(base_url=\"{base}/{config.endpoint_id}/openai/v1\", "
+          f"api_key=\"{shown_key}\")\n"
           f"worker env: {_shell_env(external)}",
           flush=True)
     supervisor = Supervisor(endpoint.state, root, handler, args.workers, worker_vars,

@@ -8,7 +8,7 @@ import logging
 import aiohttp
 from aiohttp import web
 
-from llmkit.endpoint import public_api, worker_api
+from llmkit.endpoint import openai_api, public_api, worker_api
 from llmkit.endpoint.config import RUNSYNC_LIMIT, STATE, EndpointConfig, EndpointState
 from llmkit.endpoint.httputil import json_errors
 from llmkit.endpoint.jobs import Job, JobStore
@@ -20,10 +20,13 @@ WEBHOOK_ATTEMPTS, WEBHOOK_RETRY_S = 3, 10.0  # as the platform: 2 retries, 10 s 
 
 
 def build_app(config: EndpointConfig) -> web.Application:
-    # Room for the largest body (/runsync); each route checks its own limit.
-    app = web.Application(middlewares=[json_errors], client_max_size=RUNSYNC_LIMIT + 65536)
+    # Room for the largest body (/runsync); each route checks its own limit. The OpenAI
+    # route's errors take OpenAI's shape (inner middleware), the rest the platform's.
+    app = web.Application(middlewares=[json_errors, openai_api.openai_errors],
+                          client_max_size=RUNSYNC_LIMIT + 65536)
     app[STATE] = EndpointState(config, JobStore(config.execution_timeout_s), Registry())
     app.add_routes(public_api.routes)
+    app.add_routes(openai_api.routes)
     app.add_routes(worker_api.routes)
     app.cleanup_ctx.append(_background)
     return app

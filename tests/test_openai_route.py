@@ -1,0 +1,137 @@
+"""The OpenAI route end to end: the official `openai` client, by base_url alone, against
+the local endpoint, whose real worker (the runpod SDK's loop around build/handler.py)
+serves it with vLLM's own OpenAI layer on the real CPU engine (tiny random model).
+
+The model is random, so answers are checked by shape, and by agreement between two
+ways of asking (streamed deltas against the whole answer, greedy)."""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import openai
+import pytest
+from transformers import AutoTokenizer
+
+from llmkit.endpoint.harness import EndpointProcess
+
+pytest_plugins = ["endpoint_fixtures"]
+pytestmark = pytest.mark.engine
+HI = [{"role": "user", "content": "Hello there"}]
+
+
+@pytest.fixture
+def oa(live: EndpointProcess) -> openai.OpenAI:
+    # The base URL and the key are all a user changes. No retries: one job per call.
+    return openai.OpenAI(base_url=f"{live.base}/{live.endpoint_id}/openai/v1",
+                         api_key=live.api_key, max_retries=0, timeout=120)
+
+
+@pytest.fixture
+def model(oa) -> str:
+    return oa.models.list().data[0].id
+
+
+def test_models_list_names_the_served_model(oa, tiny_model_dir):
+    models = oa.models.list()
+    # OPENAI_SERVED_MODEL_NAME_OVERRIDE is unset: the name is the model id, the folder's name.
+    assert [m.id for m in models.data] == [tiny_model_dir.name]
+    assert models.data[0].object == "model"
+
+
+def test_chat_and_text_completions(oa, model):
+    chat = oa.chat.completions.create(model=model, messages=HI, max_tokens=8)
+    assert chat.object == "chat.completion" and chat.model == model
+    assert chat.choices[0].message.role == "assistant"
+    assert isinstance(chat.choices[0].message.content, str)
+    assert 1 <= chat.usage.completion_tokens <= 8 and chat.usage.prompt_tokens > 0
+    text = oa.completions.create(model=model, prompt="Once upon a time", max_tokens=8,
+                                 extra_body={"min_tokens": 8})
+    assert text.object == "text_completion" and text.usage.completion_tokens == 8
+    assert text.choices[0].text and text.choices[0].finish_reason == "length"
+
+
+@pytest.mark.parametrize("kind", ["chat", "text"])
+def test_streamed_deltas_join_to_the_whole_greedy_answer(oa, model, kind):
+    args = {"model": model, "max_tokens": 40, "temperature": 0,
+            "extra_body": {"min_tokens": 40}}
+    if kind == "chat":
+        whole = oa.chat.completions.create(messages=HI, **args).choices[0].message.content
+        chunks = list(oa.chat.completions.create(messages=HI, stream=True, **args))
+        deltas = [c.choices[0].delta.content or "" for c in chunks if c.choices]
+    else:
+        whole = oa.completions.create(prompt="Once upon a time", **args).choices[0].text
+        chunks = list(oa.completions.create(prompt="Once upon a time", stream=True, **args))
+        deltas = [c.choices[0].text for c in chunks if c.choices]
+    assert len([d for d in deltas if d]) > 1, "the answer came in one piece"
+    assert "".join(deltas) == whole
+
+
+def test_json_schema_response_format_gives_valid_json(oa, model, tiny_model_dir):
+    schema = {"type": "object", "additionalProperties": False, "required": ["answer", "n"],
+              "properties": {"answer": {"type": "string", "enum": ["yes", "no"]},
+                             "n": {"type": "integer", "minimum": 0, "maximum": 9}}}
+    # A random model, allowed whitespace between JSON tokens, may never stop: ban the
+    # whitespace tokens (logit_bias), so the schema alone decides the answer's shape.
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    blank = {str(i): -100 for t, i in tokenizer.get_vocab().items()
+             if not tokenizer.convert_tokens_to_string([t]).strip()}
+    assert blank
+    reply = oa.chat.completions.create(
+        model=model, messages=HI, max_tokens=60, temperature=0, logit_bias=blank,
+        response_format={"type": "json_schema",
+                         "json_schema": {"name": "answer", "schema": schema}})
+    assert reply.choices[0].finish_reason == "stop", reply.choices[0]
+    jsonschema.validate(json.loads(reply.choices[0].message.content), schema)
+
+
+def test_n_choices_with_logprobs(oa, model):
+    reply = oa.chat.completions.create(model=model, messages=HI, max_tokens=6, n=2, seed=7,
+                                       logprobs=True, top_logprobs=2,
+                                       extra_body={"min_tokens": 6})
+    assert [c.index for c in reply.choices] == [0, 1]
+    assert reply.usage.completion_tokens == 12
+    for choice in reply.choices:
+        assert len(choice.logprobs.content) == 6
+        for position in choice.logprobs.content:
+            assert position.logprob <= 0 and len(position.top_logprobs) == 2
+    text = oa.completions.create(model=model, prompt="Once", max_tokens=4, logprobs=3,
+                                 extra_body={"min_tokens": 4})
+    assert len(text.choices[0].logprobs.tokens) == 4
+    assert all(len(top) >= 3 for top in text.choices[0].logprobs.top_logprobs)
+
+
+def test_tool_calls_are_refused_cleanly_without_a_parser(oa, model):
+    tools = [{"type": "function", "function": {
+        "name": "get_weather", "parameters": {
+            "type": "object", "required": ["city"],
+            "properties": {"city": {"type": "string", "enum": ["Paris", "Rome"]}}}}}]
+    # The worker runs without TOOL_CALL_PARSER: vLLM refuses every tool choice with a 400.
+    for choice in ("auto", "required", {"type": "function",
+                                        "function": {"name": "get_weather"}}):
+        with pytest.raises(openai.BadRequestError, match="tool-call-parser"):
+            oa.chat.completions.create(model=model, messages=HI, max_tokens=20, tools=tools,
+                                       tool_choice=choice)
+
+
+def test_errors_are_the_clients_own_exceptions(oa, model, live):
+    long_prompt = [{"role": "user", "content": "hello " * 3000}]  # MAX_MODEL_LEN is 2048
+    cases = [
+        (openai.NotFoundError, "The model `nope` does not exist",
+         lambda: oa.chat.completions.create(model="nope", messages=HI)),
+        (openai.NotFoundError, "The model `nope` does not exist",  # before any event
+         lambda: oa.completions.create(model="nope", prompt="x", stream=True)),
+        (openai.BadRequestError, "temperature",
+         lambda: oa.chat.completions.create(model=model, messages=HI, temperature=-1)),
+        (openai.BadRequestError, "maximum context length",
+         lambda: oa.chat.completions.create(model=model, messages=long_prompt, max_tokens=4)),
+    ]
+    for kind, message, call in cases:
+        with pytest.raises(kind, match=message) as err:
+            call()
+        assert err.value.body["code"] == err.value.status_code, err.value.body
+        assert "Traceback" not in err.value.message and ".py" not in err.value.message
+    # The worker keeps serving.
+    assert oa.chat.completions.create(model=model, messages=HI, max_tokens=2).choices
+    assert live.health()["workers"]["unhealthy"] == 0
