@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shlex
 import subprocess
 import sys
@@ -20,46 +19,30 @@ import tempfile
 import time
 from pathlib import Path
 
-import requests
-
 from llmkit import models
+from llmkit.endpoint.harness import EndpointClient, EndpointProcess
 from llmkit.paths import REPO_ROOT
 
 DOCKER = os.environ.get("DOCKER", "docker")
-KEY, ENDPOINT = "bench-key", "coldstart"
 
 
-def start_queue(log: Path) -> tuple[subprocess.Popen, str, dict]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llmkit.endpoint", "--port", "0", "--workers", "0",
-         "--api-key", KEY, "--endpoint-id", ENDPOINT], stdout=log.open("w"),
-        stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 60
-    while not (m := re.search(r"base url: (\S+)[\s\S]*worker env: (.*)", log.read_text())):
-        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-        time.sleep(0.1)
-    env = dict(item.split("=", 1) for item in shlex.split(m[2]))
-    return proc, f"{m[1]}/{ENDPOINT}", env
-
-
-def wait_ready(base: str, proc_alive, timeout: float = 900) -> None:
+def wait_ready(queue: EndpointClient, proc_alive, timeout: float = 900) -> None:
     deadline = time.monotonic() + timeout
     while True:
-        workers = requests.get(f"{base}/health", timeout=10,
-                               headers={"Authorization": f"Bearer {KEY}"}).json()["workers"]
+        workers = queue.health()["workers"]
         if workers["idle"] + workers["running"]:
             return
-        assert proc_alive() and time.monotonic() < deadline, "the worker did not start"
+        if not proc_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the worker did not start")
         time.sleep(0.2)
 
 
-def wait_gone(base: str) -> None:
-    while sum(requests.get(f"{base}/health", timeout=10, headers={
-            "Authorization": f"Bearer {KEY}"}).json()["workers"].values()):
+def wait_gone(queue: EndpointClient) -> None:
+    while sum(queue.health()["workers"].values()):
         time.sleep(0.5)
 
 
-def in_container(image: str, base: str, env: dict) -> float:
+def in_container(image: str, queue: EndpointClient, env: dict) -> float:
     name = f"llmkit-bench-{os.getpid()}"
     env_args = [x for k, v in {**env, "MODE_TO_RUN": "serverless"}.items()
                 for x in ("-e", f"{k}={v}")]
@@ -73,26 +56,26 @@ def in_container(image: str, base: str, env: dict) -> float:
         return out.strip() == "true"
 
     try:
-        wait_ready(base, alive)
+        wait_ready(queue, alive)
         return time.monotonic() - start
     finally:
         subprocess.run([DOCKER, "rm", "-f", name], capture_output=True)
-        wait_gone(base)
+        wait_gone(queue)
 
 
-def on_host(base: str, env: dict, model: str, log: Path) -> float:
+def on_host(queue: EndpointClient, env: dict, model: str, log: Path) -> float:
     with tempfile.TemporaryDirectory(prefix="llmkit-bench-worker-") as work:
         start = time.monotonic()
         proc = subprocess.Popen([sys.executable, "-u", str(REPO_ROOT / "build" / "handler.py")],
                                 env={**os.environ, **env, "MODEL": model}, cwd=work,
                                 stdout=log.open("w"), stderr=subprocess.STDOUT)
         try:
-            wait_ready(base, lambda: proc.poll() is None)
+            wait_ready(queue, lambda: proc.poll() is None)
             return time.monotonic() - start
         finally:
             proc.terminate()
             proc.wait(60)
-            wait_gone(base)
+            wait_gone(queue)
 
 
 def main() -> int:
@@ -104,13 +87,13 @@ def main() -> int:
     args = parser.parse_args()
     model = str(models.resolve(args.model))
     logs = Path(tempfile.mkdtemp(prefix="llmkit-bench-image-"))
-    queue, base, env = start_queue(logs / "endpoint.log")
-    try:
-        container = in_container(args.image, base, env)
-        host = on_host(base, env, model, logs / "host-worker.log")
-    finally:
-        queue.terminate()
-        queue.wait(30)
+    with EndpointProcess(workers=0, endpoint_id="coldstart",
+                         log_path=logs / "endpoint.log") as queue:
+        # The worker environment the endpoint prints for a worker started elsewhere.
+        line = queue.wait_for_log(r"worker env: (.*)").group(1)
+        env = dict(item.split("=", 1) for item in shlex.split(line))
+        container = in_container(args.image, queue, env)
+        host = on_host(queue, env, model, logs / "host-worker.log")
     print("| start | until the worker polls for jobs |\n|---|---|\n"
           f"| `docker run` of {args.image} | {container:.1f} s |\n"
           f"| the same handler on the host | {host:.1f} s |\n"

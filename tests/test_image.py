@@ -23,10 +23,8 @@ import image_harness as h
 import nbformat
 import pytest
 
+from llmkit.endpoint.harness import EndpointProcess
 from llmkit.paths import REPO_ROOT
-
-pytest.register_assert_rewrite("endpoint_fixtures")
-from endpoint_fixtures import FINAL, Endpoint  # noqa: E402
 
 pytestmark = [
     pytest.mark.image,
@@ -141,7 +139,7 @@ def test_the_build_secret_is_in_no_layer_history_or_config(base_image, tmp_path)
 
 # --- 3. serverless ---------------------------------------------------------------------
 
-def worker_env(endpoint: Endpoint) -> dict[str, str]:
+def worker_env(endpoint: EndpointProcess) -> dict[str, str]:
     """The worker environment the endpoint prints for a worker started elsewhere."""
     line = endpoint.wait_for_log(r"worker env: (.*)").group(1)
     return dict(item.split("=", 1) for item in shlex.split(line))
@@ -151,20 +149,18 @@ def worker_env(endpoint: Endpoint) -> dict[str, str]:
 def queue(tmp_path_factory):
     """The local endpoint with no workers of its own (queue only)."""
     log = tmp_path_factory.mktemp("image-endpoint") / "endpoint.log"
-    endpoint = Endpoint(["--workers", "0"], log, "image-key", "image")
-    try:
+    with EndpointProcess(workers=0, endpoint_id="image", log_path=log) as endpoint:
         yield endpoint
-    finally:
-        endpoint.stop()
 
 
-def serverless_container(image: str, endpoint: Endpoint, *run_args: str, **env) -> h.Container:
+def serverless_container(image: str, endpoint: EndpointProcess, *run_args: str,
+                         **env) -> h.Container:
     config_env = {e["key"]: e["value"] for e in TESTS_JSON["config"]["env"]}
     return h.Container(image, "--network", "host", *run_args,
                        env={**worker_env(endpoint), **config_env, **env})
 
 
-def wait_worker(endpoint: Endpoint, container: h.Container, timeout: float = 600) -> float:
+def wait_worker(endpoint: EndpointProcess, container: h.Container, timeout: float = 600) -> float:
     """Seconds from `docker run` until the worker polls the queue."""
     deadline = time.monotonic() + timeout
     while True:
@@ -176,15 +172,15 @@ def wait_worker(endpoint: Endpoint, container: h.Container, timeout: float = 600
         time.sleep(0.2)
 
 
-def wait_no_worker(endpoint: Endpoint, timeout: float = 60) -> None:
+def wait_no_worker(endpoint: EndpointProcess, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while sum(endpoint.health()["workers"].values()):
         assert time.monotonic() < deadline, endpoint.health()
         time.sleep(0.5)
 
 
-def run_job(endpoint: Endpoint, job_input: dict, timeout: float = 300) -> dict:
-    return endpoint.wait_status(endpoint.run(job_input), FINAL, timeout=timeout)
+def run_job(endpoint: EndpointProcess, job_input: dict, timeout: float = 300) -> dict:
+    return endpoint.wait_final(endpoint.run(job_input), timeout=timeout)
 
 
 def text_of(state: dict) -> str:
