@@ -45,6 +45,9 @@ CA_DIR = Path("/usr/local/share/ca-certificates")
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 DEBIAN_SOURCES = Path("/etc/apt/sources.list.d/debian.sources")
 IMAGE_PREFIX = "llmkit-test"
+# A fixed port: PIP_FIND_LINKS is a build arg, part of the pip layer's cache key, so a
+# new port each session would rebuild that layer (minutes) every time.
+WHEEL_PORT = int(os.environ.get("LLMKIT_TEST_WHEEL_PORT", "42801"))
 
 
 def docker(*args: str, check: bool = True, timeout: float = 600, **kwargs
@@ -146,7 +149,10 @@ def wheel_server() -> str | None:
     if not WHEELS.is_dir() or not any(WHEELS.glob("*.whl")):
         return None
     handler = functools.partial(_QuietHandler, directory=str(WHEELS))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    try:
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", WHEEL_PORT), handler)
+    except OSError:  # taken: any port works, the pip layer is just not reused
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return f"http://127.0.0.1:{server.server_address[1]}/"
 
