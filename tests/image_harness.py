@@ -233,11 +233,18 @@ def report(build: Build) -> str:
     return "\n".join(lines)
 
 
-def save_contains(tag: str, needle: bytes, tmp: Path) -> list[str]:
-    """Files in any layer of ``docker save`` (and the image's JSON) holding ``needle``."""
+def save_search(tag: str, needles: list[bytes], tmp: Path) -> dict[bytes, list[str]]:
+    """For each needle, the files of ``docker save`` that hold it: every file of every
+    layer (by content or name), and the image's JSON (config, manifest). One pass."""
     archive = tmp / "image.tar"
     docker("save", "-o", str(archive), tag, timeout=900)
-    hits = []
+    hits: dict[bytes, list[str]] = {needle: [] for needle in needles}
+
+    def check(where: str, content: bytes) -> None:
+        for needle in needles:
+            if needle in content:
+                hits[needle].append(where)
+
     with tarfile.open(archive) as outer:
         for member in outer:
             if not member.isfile():
@@ -246,12 +253,12 @@ def save_contains(tag: str, needle: bytes, tmp: Path) -> list[str]:
             if member.name.endswith("layer.tar"):
                 with tarfile.open(fileobj=data, mode="r|") as layer:
                     for inner in layer:
+                        where = f"{member.name}:{inner.name}"
+                        check(where, inner.name.encode())
                         if inner.isfile():
-                            content = layer.extractfile(inner).read()
-                            if needle in content or needle in inner.name.encode():
-                                hits.append(f"{member.name}:{inner.name}")
-            elif needle in data.read():
-                hits.append(member.name)
+                            check(where, layer.extractfile(inner).read())
+            else:
+                check(member.name, data.read())
     archive.unlink()
     return hits
 
