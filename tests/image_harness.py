@@ -216,8 +216,9 @@ def layer_ids(tag: str) -> list[str]:
 
 def short_step(created_by: str, width: int = 90) -> str:
     text = re.sub(r"^/bin/sh -c #\(nop\)\s*", "", created_by)
-    text = re.sub(r"^\|\d+ (\S+=\S* )*", "", text)  # build args BuildKit lists first
-    text = re.sub(r"\s+", " ", text).strip()
+    # BuildKit lists the build args a RUN sees first, then the SHELL.
+    text = re.sub(r"^RUN \|\d+ (\S+=\S* )*(/bin/(ba)?sh (-o pipefail )?-c )?", "RUN ", text)
+    text = re.sub(r"\s+", " ", text).strip() or "(the base image's own layers)"
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
