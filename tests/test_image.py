@@ -91,6 +91,7 @@ def base_image(tmp_path_factory) -> str:
     return BASE
 
 
+@pytest.mark.timeout(3600)  # a first build on 2 busy cores: pip alone takes 10-20 min
 def test_build_bakes_the_embedded_model_offline(base_image):
     log_lines = h.docker("history", "--no-trunc", "--format", "{{.CreatedBy}}",
                          base_image).stdout
