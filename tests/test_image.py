@@ -163,7 +163,7 @@ def serverless_container(image: str, endpoint: EndpointProcess, *run_args: str,
                        env={**worker_env(endpoint), **config_env, **env})
 
 
-def wait_worker(endpoint: EndpointProcess, container: h.Container, timeout: float = 600) -> float:
+def wait_worker(endpoint: EndpointProcess, container: h.Container, timeout: float = 900) -> float:
     """Seconds from `docker run` until the worker polls the queue."""
     deadline = time.monotonic() + timeout
     while True:
@@ -230,7 +230,11 @@ def test_serverless_runs_the_hub_test_cases(queue, worker, case):
 def test_serverless_docker_stop_exits_zero(queue, worker):
     queue.wait_idle()
     assert worker.stop(timeout=60) == 0, worker.logs()[-3000:]
-    assert "Traceback" not in worker.logs()
+    # vLLM's AsyncLLM.__del__ prints an "Exception ignored" traceback while Python tears
+    # down (its globals are gone by then); anything else would be the kit's.
+    logs = re.sub(r"Exception ignored in: <function AsyncLLM\.__del__.*?\n\w+(Error|Exception)\b"
+                  r"[^\n]*\n", "", worker.logs(), flags=re.S)
+    assert "Traceback" not in logs, logs[-3000:]
 
 
 def test_a_worker_whose_engine_cannot_start_exits_non_zero_with_the_cause(base_image, queue):
