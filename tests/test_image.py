@@ -176,9 +176,13 @@ def wait_worker(endpoint: EndpointProcess, container: h.Container, timeout: floa
 
 
 def wait_no_worker(endpoint: EndpointProcess, timeout: float = 60) -> None:
+    """Until no worker polls (a removed container's worker is then counted as unhealthy)."""
     deadline = time.monotonic() + timeout
-    while sum(endpoint.health()["workers"].values()):
-        assert time.monotonic() < deadline, endpoint.health()
+    while True:
+        workers = endpoint.health()["workers"]
+        if not workers["idle"] + workers["running"]:
+            return
+        assert time.monotonic() < deadline, workers
         time.sleep(0.5)
 
 
@@ -210,6 +214,7 @@ def test_serverless_stream_and_normal_jobs_complete(queue, worker):
     normal = run_job(queue, {**prompt, "answerType": "normal"})
     assert len(normal["output"]) == 1 and "Paris" in text_of(normal), normal
     stream = run_job(queue, {**prompt, "answerType": "stream"})
+    assert stream["status"] == "COMPLETED", stream
     assert len(stream["output"]) > 1, "streamed in several chunks"
     assert text_of(stream) == text_of(normal), "greedy: the same answer either way"
 
@@ -360,7 +365,13 @@ def test_pod_playground_streams_an_answer_in_the_browser(pod):
             page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
             page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
             go = page.get_by_role("button", name="Generate")
-            go.wait_for(timeout=600_000)
+            SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                go.wait_for(timeout=600_000)
+            except sync_api.TimeoutError:
+                page.screenshot(path=str(SCREENSHOT.with_name("image-playground-timeout.png")),
+                                full_page=True)
+                raise
             # The last cell prints the samples' summary once everything has run.
             page.locator(".jp-OutputArea-output", has_text='"stream_text"').first.wait_for(
                 timeout=600_000)
