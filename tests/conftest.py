@@ -41,6 +41,8 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         for marker in sorted({STARTS[f] for f in getattr(item, "fixturenames", ()) if f in STARTS}):
             item.add_marker(marker)
+        if item.get_closest_marker("image"):  # Docker builds and containers: a service too
+            item.add_marker("service")
 
 
 @pytest.fixture(scope="session")

