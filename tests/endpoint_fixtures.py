@@ -14,28 +14,44 @@ import requests
 
 from llmkit.endpoint.harness import EndpointClient, EndpointProcess
 
-# A worker that needs no vLLM: the SDK's production loop around a toy async handler.
+# A worker that needs no vLLM: the kit's worker loop (the SDK's production loop, with
+# llmkit.worker_loop's timing; WORKER_LOOP=sdk for the SDK's own) around a toy async
+# handler. With "stamp", its first and last chunks carry the handler's start and end
+# times (time.time()).
 FAKE_HANDLER = '''
-import asyncio, os, runpod
+import asyncio, os, time
+from llmkit import worker_loop
+
+worker_loop.quiet_sdk_logs()
+import runpod
 
 async def handler(job):
     inp = job["input"]
+    started = time.time()
     if inp.get("fail"):
         yield {"error": inp["fail"]}
         return
     if inp.get("exit"):
         os._exit(int(inp["exit"]))
+    if inp.get("stamp"):
+        yield {"started": started}
     for i in range(inp.get("chunks", 3)):
         await asyncio.sleep(inp.get("delay", 0.05))
         yield {"text": f"c{i} "}
+    if inp.get("stamp"):
+        yield {"ended": time.time()}
 
-if __name__ == "__main__":
+def start_worker():
     print("fake worker starting in", os.getcwd(), flush=True)
+    worker_loop.install(runpod)
     runpod.serverless.start({
         "handler": handler,
         "concurrency_modifier": lambda c: int(os.environ.get("CONCURRENCY_MODIFIER", "1")),
         "return_aggregate_stream": True,
     })
+
+if __name__ == "__main__":
+    worker_loop.serve_or_die(start_worker)
 '''
 
 

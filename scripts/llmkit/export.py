@@ -36,6 +36,8 @@ TEMPLATE_DIR = REPO_ROOT / "handler_template"
 TEMPLATE_FILE = "handler.py.j2"
 # Names the template's footer uses; the exported cells must define them.
 FOOTER_NAMES = ("handler", "load_engine", "CONCURRENCY_MODIFIER")
+# The kit's worker loop, pasted into the footer (handler.py must run alone on an image).
+WORKER_LOOP = Path(__file__).with_name("worker_loop.py")
 _CELL_MARKER = re.compile(r"^# %% cell (\d+) \(id (.+)\)$")
 
 
@@ -155,6 +157,38 @@ def _check_file(rendered: str, notebook: str) -> list[Problem]:
     return []
 
 
+def _defined_names(tree: ast.Module, imports: bool = True) -> set[str]:
+    """Top-level names a module binds (defs, classes, assignments; imports too if asked)."""
+    names = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names |= {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+        elif imports and isinstance(node, (ast.Import, ast.ImportFrom)):
+            names |= {(a.asname or a.name).split(".")[0] for a in node.names}
+    return names
+
+
+def _check_footer_clashes(cells, worker_loop: str, notebook: str) -> list[Problem]:
+    """An exported cell must not define a name the footer's worker loop defines:
+    the footer comes last, so it would silently replace the cell's."""
+    footer = _defined_names(ast.parse(worker_loop), imports=False)
+    problems = []
+    for cell in cells:
+        try:
+            clash = sorted(_defined_names(ast.parse(cell.source)) & footer)
+        except SyntaxError:
+            continue  # reported by _check_cell
+        if clash:
+            problems.append(Problem(
+                notebook, f"defines {', '.join(clash)}, which the generated footer defines "
+                f"too (llmkit/{WORKER_LOOP.name}); rename it", cell.metadata["export_index"],
+                cell.get("id")))
+    return problems
+
+
 def _own_nodes(func):
     """Nodes of a function body, not descending into nested functions."""
     stack = list(func.body)
@@ -185,9 +219,11 @@ def export(notebook: Path) -> str:
     exporter = TemplateExporter(extra_template_paths=[str(TEMPLATE_DIR)],
                                 template_file=TEMPLATE_FILE)
     exporter.register_preprocessor(KeepExportCells(), enabled=True)
-    resources = {"problems": [], "source_notebook": shown}
+    worker_loop = WORKER_LOOP.read_text()
+    resources = {"problems": [], "source_notebook": shown, "worker_loop": worker_loop.rstrip()}
     rendered, resources = exporter.from_notebook_node(nb, resources=resources)
     problems = resources["problems"]
+    problems.extend(_check_footer_clashes(nb.cells, worker_loop, shown))
     if not any(EXPORT_TAG in c.metadata.get("tags", []) for c in nb.cells):
         problems.append(Problem(shown, f"no code cell is tagged {EXPORT_TAG!r}"))
     if not problems:

@@ -33,11 +33,12 @@ class WorkerInfo:
     last_seen: float | None = None
     open_polls: int = 0
     warned_stale: bool = False
+    unhealthy_reason: str | None = None  # what the worker reported before exiting
 
     def describe(self, jobs: list[str]) -> dict:
         return {"id": self.id, "state": self.state, "pid": self.pid, "slot": self.slot,
                 "supervised": self.supervised, "jobs": jobs, "crashed": self.crashed,
-                "exitReason": self.exit_reason}
+                "exitReason": self.exit_reason, "unhealthyReason": self.unhealthy_reason}
 
 
 class Registry:

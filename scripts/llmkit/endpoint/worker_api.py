@@ -6,6 +6,7 @@
     POST /v2/{id}/job-done/{worker}/{job}?...&isStream=true|false   {"output": ...}|{"error": ...}
     GET  /v2/{id}/job-stop/{worker}?...                            {"jobsToStop": [...]}, or 204
     GET  /v2/{id}/ping/{worker}?...&job_id=a,b&runpod_version=...  heartbeat (a child process)
+    GET  /v2/{id}/ping/{worker}?...&status=unhealthy&check=..&reason=..  "exiting, because"
 
 What the SDK does on the wire (read in runpod 1.10's serverless/modules/rp_job.py,
 rp_scale.py, rp_http.py and worker.py, and run against this server):
@@ -23,6 +24,8 @@ rp_scale.py, rp_http.py and worker.py, and run against this server):
   runs, from ``.runpod_jobs.pkl`` in its working directory.
 * A stop (``{"jobsToStop": [...]}``) cancels that job's asyncio task; the worker posts
   nothing more for it.
+* A worker about to exit on a failed start-up sends one ping with ``status=unhealthy``,
+  ``check`` and ``reason`` (runpod 1.11's fitness checks; the kit's worker loop on 1.10).
 """
 
 from __future__ import annotations
@@ -207,6 +210,14 @@ async def ping(request: web.Request) -> web.Response:
     info = state.registry.workers.get(worker_id)
     if info is None:  # the heartbeat starts before the job loop's first poll
         info = state.registry.workers[worker_id] = registry.WorkerInfo(worker_id, False)
+    if request.query.get("status") == "unhealthy":
+        # Sent once by a worker that is about to exit (runpod 1.11, and the kit's
+        # worker loop on 1.10): a failed fitness check or start-up error.
+        info.unhealthy_reason = (f"{request.query.get('check', '?')}: "
+                                 f"{request.query.get('reason', '')}")
+        log.error("%s reports itself unhealthy and exits: %s", worker_id,
+                  info.unhealthy_reason)
+        return web.json_response({})
     reported = [i for raw in request.query.getall("job_id", []) for i in raw.split(",") if i]
     if info.state == registry.EXITED and info.supervised:
         return web.json_response({})

@@ -1,0 +1,239 @@
+"""The kit's worker loop (llmkit.worker_loop, pasted into handler.py's footer).
+
+Timing runs the SDK's real production loop against the local endpoint, with a paced
+toy handler (endpoint_fixtures.FAKE_HANDLER) that stamps its start and end times; each
+timing test also runs with WORKER_LOOP=sdk, the SDK's own loop, which must show the
+idle second the kit removes. The start-up tests run the real handler.py with vLLM.
+"""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+from llmkit import worker_loop
+
+pytest.register_assert_rewrite("endpoint_fixtures")  # before the import, to rewrite its asserts
+from endpoint_fixtures import Endpoint, alive  # noqa: E402
+
+pytest_plugins = ["endpoint_fixtures"]
+
+LOOPS = ["kit", "sdk"]
+
+
+def _endpoint(tmp_path, handler, modifier: int, loop: str, *extra) -> Endpoint:
+    endpoint = Endpoint(["--workers", "1", "--concurrency", str(modifier), "--handler",
+                         str(handler), *extra], tmp_path / "endpoint.log", "loop-key",
+                        "loop", env={"WORKER_LOOP": loop})
+    endpoint.wait_ready(timeout=120)
+    return endpoint
+
+
+def _stamps(endpoint: Endpoint, job_id: str) -> tuple[float, float]:
+    state = endpoint.wait_status(job_id, timeout=60)
+    assert state["status"] == "COMPLETED", state
+    return state["output"][0]["started"], state["output"][-1]["ended"]
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_at_modifier_1_the_next_job_starts_when_the_last_ends(tmp_path, fake_handler, loop):
+    endpoint = _endpoint(tmp_path, fake_handler, 1, loop)
+    try:
+        job = {"stamp": True, "chunks": 4, "delay": 0.05}  # about 0.2 s each
+        first = endpoint.run(job)
+        endpoint.wait_status(first, ("IN_PROGRESS",), timeout=30)
+        ids = [first] + [endpoint.run(job) for _ in range(4)]  # queued while one runs
+        runs = [_stamps(endpoint, i) for i in ids]
+    finally:
+        endpoint.stop()
+    gaps = [nxt[0] - prev[1] for prev, nxt in zip(runs, runs[1:], strict=False)]
+    assert all(g > 0 for g in gaps), gaps  # one at a time
+    if loop == "kit":
+        assert max(gaps) < 0.2, gaps
+    else:  # the SDK sleeps a second whenever it is full
+        assert statistics.median(gaps) > 0.5, gaps
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_at_modifier_2_two_jobs_submitted_together_run_together(tmp_path, fake_handler, loop):
+    endpoint = _endpoint(tmp_path, fake_handler, 2, loop)
+    try:
+        job = {"stamp": True, "chunks": 10, "delay": 0.1}  # about 1 s each
+        a = endpoint.run(job)
+        time.sleep(0.1)  # the worker takes `a` alone, then must see its free slot
+        b = endpoint.run(job)
+        (a0, a1), (b0, b1) = _stamps(endpoint, a), _stamps(endpoint, b)
+    finally:
+        endpoint.stop()
+    if loop == "kit":
+        assert b0 < a1 and a0 < b1  # they overlap
+        assert b0 - a0 < 0.3, (a0, b0)
+    else:  # `a`, taken but not yet started, counted twice: "full" for a second
+        assert b0 - a0 > 0.5, (a0, b0)
+
+
+def test_concurrent_submits_run_at_once_and_nothing_is_lost_or_repeated(tmp_path,
+                                                                        fake_handler):
+    endpoint = _endpoint(tmp_path, fake_handler, 4, "kit")
+    try:
+        ids: list[str] = []
+        lock = threading.Lock()
+
+        def submit():
+            for _ in range(10):
+                job_id = endpoint.run({"stamp": True, "chunks": 2, "delay": 0.02})
+                with lock:
+                    ids.append(job_id)
+
+        threads = [threading.Thread(target=submit) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        runs = [_stamps(endpoint, i) for i in ids]
+        log = endpoint.log_text()
+    finally:
+        endpoint.stop()
+    assert len(set(ids)) == 40 and len(runs) == 40
+    for job_id in ids:  # each taken exactly once
+        assert log.count(f"job {job_id} -> ") == 1, job_id
+    # never more than 4 at once
+    events = sorted([(s, 1) for s, _ in runs] + [(e, -1) for _, e in runs])
+    running = peak = 0
+    for _, step in events:
+        running += step
+        peak = max(peak, running)
+    assert 2 <= peak <= 4, peak
+
+
+def test_an_empty_queue_is_long_polled_not_hammered(tmp_path, fake_handler):
+    endpoint = _endpoint(tmp_path, fake_handler, 2, "kit", "--verbose")
+    try:
+        before = endpoint.log_text().count("job-take")
+        time.sleep(6)  # the endpoint holds an empty take poll open for 5 s
+        polls = endpoint.log_text().count("job-take") - before
+    finally:
+        endpoint.stop()
+    assert polls <= 3, polls
+
+
+# ---- start-up: refusing an unknown SDK, bad settings ------------------------------
+
+
+def test_the_kit_loop_is_installed_for_the_pinned_sdk(monkeypatch):
+    import runpod
+    from runpod.serverless.modules import rp_scale
+
+    monkeypatch.delenv("WORKER_LOOP", raising=False)
+    monkeypatch.setattr(rp_scale, "JobScaler", rp_scale.JobScaler)  # undone afterwards
+    original = rp_scale.JobScaler
+    assert worker_loop.install(runpod) == "kit"
+    assert issubclass(rp_scale.JobScaler, original) and rp_scale.JobScaler.kit_loop
+    assert worker_loop.install(runpod) == "kit"  # twice is harmless
+    assert rp_scale.JobScaler.__mro__[1] is original
+
+
+def test_worker_loop_sdk_leaves_the_sdk_alone(monkeypatch):
+    import runpod
+    from runpod.serverless.modules import rp_scale
+
+    monkeypatch.setenv("WORKER_LOOP", "sdk")
+    original = rp_scale.JobScaler
+    assert worker_loop.install(runpod) == "sdk"
+    assert rp_scale.JobScaler is original
+    monkeypatch.setenv("WORKER_LOOP", "fast")
+    with pytest.raises(ValueError, match="WORKER_LOOP='fast' is not valid: expected kit or sdk"):
+        worker_loop.install(runpod)
+
+
+def test_another_sdk_version_is_refused(monkeypatch):
+    import runpod
+
+    monkeypatch.setattr(runpod, "__version__", "1.12.0")
+    with pytest.raises(worker_loop.UnknownSDK, match=r"written for runpod==1\.10\.0 .*"
+                       r"runpod is 1\.12\.0, not 1\.10\.0.*set WORKER_LOOP=sdk"):
+        worker_loop.check_sdk(runpod)
+
+
+def test_changed_sdk_internals_are_refused(monkeypatch):
+    import runpod
+    from runpod.serverless.modules import rp_scale
+
+    async def handle_job(self, session, job, extra):  # a new parameter
+        pass
+
+    monkeypatch.setattr(rp_scale.JobScaler, "handle_job", handle_job)
+    monkeypatch.delattr(rp_scale.JobScaler, "set_scale")
+    with pytest.raises(worker_loop.UnknownSDK) as err:
+        worker_loop.check_sdk(runpod)
+    assert "JobScaler.set_scale is missing" in str(err.value)
+    assert "JobScaler.handle_job(self, session, job, extra) is not handle_job(self, " \
+           "session, job)" in str(err.value)
+
+
+def _run_handler(handler_path, env, timeout=300, prelude=""):
+    """python -c: ``prelude``, then handler.py run as __main__, as `python handler.py`."""
+    code = prelude + f"import runpy\nrunpy.run_path({str(handler_path)!r}, run_name='__main__')\n"
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                            text=True, timeout=timeout)
+    return result, time.monotonic() - started
+
+
+def test_an_unknown_sdk_stops_start_up_with_a_clear_message(handler_path, tiny_model_dir,
+                                                            tmp_path):
+    import os
+
+    env = {**os.environ, "MODEL": str(tiny_model_dir), "MAX_MODEL_LEN": "512",
+           "HF_HUB_OFFLINE": "1"}
+    prelude = "import runpod\nrunpod.__version__ = '9.9.9'\n"
+    result, _ = _run_handler(handler_path, env, prelude=prelude)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "written for runpod==1.10.0" in result.stderr
+    assert "runpod is 9.9.9, not 1.10.0" in result.stderr
+
+
+# ---- a worker that must die, dies -------------------------------------------------
+
+FAILING_CHECK = textwrap.dedent("""
+    import runpod
+
+    @runpod.serverless.register_fitness_check
+    def disk_has_room():
+        raise RuntimeError("only 3 MB free on /tmp")
+""")
+
+
+def test_a_failed_fitness_check_with_a_live_engine_exits_promptly(tmp_path, tiny_model_dir,
+                                                                  handler_path):
+    """The SDK's sys.exit(1) would join vLLM's threads; the worker must exit 1 anyway,
+    after telling the platform why."""
+    wrapper = tmp_path / "worker_with_check.py"
+    wrapper.write_text(FAILING_CHECK + "\nimport runpy\n"
+                       f"runpy.run_path({str(handler_path)!r}, run_name='__main__')\n")
+    endpoint = Endpoint(["--workers", "1", "--handler", str(wrapper), "--model",
+                         str(tiny_model_dir)], tmp_path / "endpoint.log", "fit-key", "fit",
+                        env={"MAX_MODEL_LEN": "512"})
+    try:
+        endpoint.wait_for_log(r"Running \d+ fitness check", timeout=400)  # engine is up
+        t_check = time.monotonic()
+        exited = endpoint.wait_for_log(r"worker-1 exited with code (\d+)", timeout=60)
+        took = time.monotonic() - t_check
+        log = endpoint.log_text()
+        worker = next(w for w in endpoint.workers() if w["id"] == "worker-1")
+        pids = [int(p) for p in
+                __import__("re").findall(r"worker-1 started \(pid (\d+)", log)]
+    finally:
+        endpoint.stop()
+    assert exited.group(1) == "1"
+    assert took < 15, took
+    assert "reports itself unhealthy and exits: disk_has_room: fitness check disk_has_room " \
+           "failed: RuntimeError: only 3 MB free on /tmp" in log
+    assert worker["unhealthyReason"].startswith("disk_has_room: ")
+    assert not alive(pids)
