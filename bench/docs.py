@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from bench import stats
+from bench import common as c
 
 TITLES = {
     "handler_overhead": "1. Handler overhead",
@@ -73,7 +73,7 @@ def gpu_paper(results: dict) -> str:
     headers = ["model", "weights GB"]
     for g, bw in GPUS:
         headers += [f"{g} ({bw / 1e12:.2f} TB/s) tok/s", "ms/token"]
-    table = stats.table(headers, rows)
+    table = c.table(headers, rows)
 
     ho = results.get("handler_overhead", {})
     wl = results.get("worker_loop", {})
@@ -126,26 +126,21 @@ def _row(results: dict, name: str, key: str) -> dict:
 def findings(results: dict) -> str:
     """What the figures say about the kit, in words, with this run's numbers."""
     items = []
-    wl = results.get("worker_loop", {}).get("rows", {})
-    direct = wl.get("handler (direct)")
-    eps = {int(k.rsplit(" ", 1)[1]): v for k, v in wl.items() if k.startswith("endpoint")}
-    if direct and eps:
-        waits = ", ".join(f"{v['start_ms'] - direct['start_ms']:.0f} ms (queue wait "
-                          f"{stats.fmt(v.get('queue_wait_median_s'), 1)} s) with modifier {m}"
-                          for m, v in sorted(eps.items()))
+    wl = results.get("worker_loop", {})
+    short = {s["modifier"]: s["rows"] for s in wl.get("short", [])}
+    if short:
+        waits = "; ".join(
+            f"modifier {m}: p50 {r['kit loop']['wait_p50_ms']:.0f} ms against "
+            f"{r['SDK loop']['wait_p50_ms']:.0f} ms, {r['kit loop']['jobs_s']:.2f} short "
+            f"jobs/s against {r['SDK loop']['jobs_s']:.2f}" for m, r in sorted(short.items()))
         items.append(
-            "**The SDK's job-fetch loop idles up to 1 s between back-to-back jobs once the "
-            "worker is full.** A job submitted as the previous one ended reached its first "
-            f"chunk later than in the handler by (median) {waits}. In runpod 1.10, "
-            "`JobScaler.get_jobs` sleeps 1 s whenever jobs in progress + queued >= the "
-            "concurrency modifier, and a job just taken counts twice until `run_jobs` picks "
-            "it up, so modifier 2 with one job sleeps too. This is the platform's worker "
-            "loop, so deployed workers pay it as well: short jobs behind a queue lose up to "
-            "1 s each; the shorter the job, the larger the share (with 0.3 s jobs, "
-            "`python -m bench.worker_loop --quick` shows the endpoint at about a third of "
-            "the direct handler's throughput). Remedy: CONCURRENCY_MODIFIER well above the "
-            "concurrency you expect (vLLM batches the jobs anyway); the kit's default of 1 "
-            "is the worst case.")
+            "**The SDK's job-fetch loop idles up to a second between jobs; the kit's does "
+            "not.** In runpod 1.10 (and 1.12), `JobScaler.get_jobs` sleeps 1 s whenever it "
+            "thinks the worker is full, and a job just taken counts twice until `run_jobs` "
+            "(which looks every 0.1 s) starts it. The kit's loop (llmkit/worker_loop.py, "
+            "pasted into handler.py) counts a job once, fetches when a job ends and starts "
+            "it at once; the rest is the SDK's (docs/WORKER_LOOP.md). Queue wait from a "
+            f"slot freeing to the job being taken, kit's loop against the SDK's: {waits}.")
     tt = results.get("ttft_chunks", {}).get("ttft", {})
     if tt:
         eng = tt.get("engine (raw vLLM)", {}).get("p50_ms")
@@ -263,9 +258,11 @@ def targets(results: dict) -> str:
         for r in results.get(name, {}).get("ratios", []):
             if r["target"] is None:
                 continue
-            rows.append([TITLES[name], r["name"], stats.fmt(r["value"], 3), f">= {r['target']:.2f}",
+            sign = "<=" if r.get("at_most") else ">="
+            rows.append([TITLES[name], r["name"], c.fmt(r["value"], 3),
+                         f"{sign} {r['target']:.2f}",
                          r["verdict"], f"`{results['_run']['commands'][name]}`"])
-    return stats.table(["benchmark", "figure", "measured", "target", "verdict", "command"], rows)
+    return c.table(["benchmark", "figure", "measured", "target", "verdict", "command"], rows)
 
 
 def compose(results: dict) -> str:
@@ -289,7 +286,7 @@ def compose(results: dict) -> str:
             f"- software: Python {m['python']}, {versions}",
             f"- model: {run['model']}; sampling: greedy, min_tokens = max_tokens, so every "
             "job generates the same number of tokens; prompts: 16 short chat questions "
-            "(bench/workload.py), chat-templated",
+            "(bench/common.py), chat-templated",
             "- engine: the handler's own ENGINE_ARGS defaults, except ENABLE_PREFIX_CACHING="
             "false, so that a prompt repeated across variants costs the same every time "
             "(cold start uses the defaults untouched)",

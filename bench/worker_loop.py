@@ -1,26 +1,40 @@
-"""2. Worker loop overhead: the local endpoint + the SDK's worker loop vs the handler.
+"""2. Worker loop: the runpod SDK's own job-fetch loop against the kit's.
 
-The same workload, stream mode, one job at a time (a client that submits its next
-job when the last one ends): the exported handler called directly in process, and
-the local endpoint (`python -m llmkit.endpoint`), whose SDK worker runs handler.py in
-production mode, polled by a client reading /stream. The endpoint runs twice: with
-CONCURRENCY_MODIFIER=1 (the kit's default) and with 16. Variants
-alternate. The end-to-end time is split into start (submit -> first chunk at the
-client), streaming (first -> last chunk) and end (last chunk -> COMPLETED).
+The kit's loop (llmkit.worker_loop, in handler.py's footer) fetches a job as soon as a
+slot frees; the SDK's (WORKER_LOOP=sdk) sleeps a second when it thinks it is full. Both
+run handler.py in the SDK's production loop under the local endpoint
+(`python -m llmkit.endpoint`). Variants alternate.
+
+* Tokens: the exported handler called directly in process vs the endpoint, stream mode,
+  one client submitting its next job when the last ends (a client reading /stream). The
+  time is split into start (submit -> first chunk at the client), streaming (first ->
+  last chunk) and end (last chunk -> COMPLETED).
+* Short jobs (8 tokens, /runsync), closed loop: modifier 1 with 2 clients (a job is
+  always waiting when one ends), modifier 4 with 8. Jobs per second, and the queue wait
+  from a slot freeing (or the job arriving, if later) to the worker taking the job,
+  from the endpoint's own delayTime and executionTime.
+* Logs: 16 concurrent stream jobs at modifier 16 with the worker's default log level
+  (INFO) and with RUNPOD_DEBUG_LEVEL=DEBUG (the SDK's own default).
 
     .venv/bin/python -m bench.worker_loop [--quick] [--model SPEC] [--json OUT]
 """
 
 from __future__ import annotations
 
-from bench import runner, stats, workload
-from bench.endpoint import BenchEndpoint
+import asyncio
+import heapq
 
-TARGET = 0.90
+from bench import common as c
+
+TARGET = 0.97  # endpoint / direct handler tokens per second, kit's loop, modifier 1
+TARGET_WAIT_MS = 50  # p50 queue wait with the kit's loop
 PROBE = "bench-post-probe"
+SDK = {"WORKER_LOOP": "sdk"}
+DEBUG = {"RUNPOD_DEBUG_LEVEL": "DEBUG"}
+LOOPS = {"kit": None, "SDK": SDK}
 
 
-async def post_cost(ctx: runner.Context, n: int) -> dict:
+async def post_cost(ctx: c.Context, n: int) -> dict:
     """The SDK's own stream_result(), timed: n chunk posts to a queue-only endpoint.
 
     A probe worker (worker_env() of the endpoint) takes one job and posts n chunks
@@ -31,11 +45,11 @@ async def post_cost(ctx: runner.Context, n: int) -> dict:
 
     from llmkit.endpoint import worker_env
 
-    ep = BenchEndpoint(1, ctx.log_dir, ctx.args.handler, workers=0)
+    ep = c.Endpoint(1, ctx.args.handler, ctx.log_dir, workers=0)
     await ep.start()
     try:
-        env = worker_env(ep.process.root, ep.process.endpoint_id, PROBE, ep.process.api_key)
-        async with ep.session.post(f"{ep.url}/run", json={"input": {"prompt": "x"}}) as r:
+        env = worker_env(ep.root, c.ENDPOINT_ID, PROBE, c.API_KEY)
+        async with ep.session.post(f"{ep.base}/run", json={"input": {"prompt": "x"}}) as r:
             await r.json()
         take = env["RUNPOD_WEBHOOK_GET_JOB"].replace("$ID", PROBE) + "&job_in_progress=0"
         async with aiohttp.ClientSession(headers={"Authorization": env["RUNPOD_AI_API_KEY"]}) \
@@ -50,10 +64,10 @@ async def post_cost(ctx: runner.Context, n: int) -> dict:
                 "$RUNPOD_POD_ID", PROBE)
             try:
                 await rp_http.stream_result(session, {"output": {"text": " warm"}}, job)
-                t0 = workload.now()
+                t0 = c.now()
                 for _ in range(n):
                     await rp_http.stream_result(session, {"output": {"text": " tok"}}, job)
-                per_post = (workload.now() - t0) / n
+                per_post = (c.now() - t0) / n
                 await rp_http.send_result(session, {"output": []}, job, is_stream=True)
             finally:
                 rp_http.JOB_STREAM_URL, rp_http.JOB_DONE_URL = saved
@@ -66,50 +80,157 @@ def add_args(p) -> None:
     p.add_argument("--tokens", type=int, default=None, help="tokens per job (64; quick 32)")
     p.add_argument("--reps", type=int, default=None, help="rounds per variant (3)")
     p.add_argument("--jobs", type=int, default=3, help="jobs back to back per round (3)")
-    p.add_argument("--modifiers", default=None,
-                   help="CONCURRENCY_MODIFIER of each endpoint to compare (1,16; quick 2)")
+    p.add_argument("--short-jobs", type=int, default=None,
+                   help="short jobs per round and client (6; quick 3)")
 
 
-def measure(ctx: runner.Context, args) -> dict:
+async def short_job(ep: c.Endpoint, i: int, tokens: int) -> dict:
+    """One /runsync job; its submit, take and end times on this process's clock."""
+    t0 = c.now()
+    async with ep.session.post(f"{ep.base}/runsync?wait=300000",
+                               json={"input": c.job_input(i, tokens, stream=False)}) as r:
+        body = await r.json()
+    t1 = c.now()
+    if body.get("status") != "COMPLETED":
+        raise c.EndpointError(f"/runsync: {body}")
+    taken = t0 + body["delayTime"] / 1e3
+    return {"submitted": t0, "taken": taken, "done": taken + body["executionTime"] / 1e3,
+            "replied": t1}
+
+
+def slot_waits(jobs: list[dict], slots: int) -> list[float]:
+    """For each job: from when both it and a free slot were there, to its take.
+
+    Slots are handed out in order: the n-th take after the first `slots` gets the
+    slot freed by the n-th job to end.
+    """
+    free = [float("-inf")] * slots
+    events = sorted([(j["done"], 0, j) for j in jobs] + [(j["taken"], 1, j) for j in jobs],
+                    key=lambda e: (e[0], e[1]))
+    waits = []
+    for t, kind, job in events:
+        if kind == 0:
+            heapq.heappush(free, t)
+        elif free:
+            waits.append(max(0.0, t - max(job["submitted"], heapq.heappop(free))))
+    return waits
+
+
+async def short_round(ep: c.Endpoint, clients: int, per_client: int, tokens: int,
+                      offset: int) -> dict:
+    jobs: list[dict] = []
+
+    async def client(k: int) -> None:
+        for n in range(per_client):
+            jobs.append(await short_job(ep, offset + k * per_client + n, tokens))
+
+    t0 = c.now()
+    await asyncio.gather(*(client(k) for k in range(clients)))
+    return {"jobs": jobs, "seconds": c.now() - t0}
+
+
+def measure_short(ctx: c.Context, args, modifier: int, clients: int) -> dict:
+    tokens, reps = 8, (1 if args.quick else 2)
+    per_client = args.short_jobs or (3 if args.quick else 6)
+    for env in LOOPS.values():
+        ctx.launch_endpoint(modifier, env)
+    eps = {name: ctx.endpoint(modifier, env) for name, env in LOOPS.items()}
+
+    async def go():
+        for ep in eps.values():
+            await short_round(ep, clients, 1, tokens, 0)  # warm-up
+        rounds = {name: [] for name in eps}
+        for i, name in enumerate(c.interleave(list(eps), reps)):
+            rounds[name].append(await short_round(eps[name], clients, per_client, tokens,
+                                                  100 * i))
+        return rounds
+
+    rows = {}
+    for name, rs in ctx.run(go()).items():
+        waits = [w * 1e3 for r in rs for w in slot_waits(r["jobs"], modifier)]
+        jobs = [j for r in rs for j in r["jobs"]]
+        rows[f"{name} loop"] = {
+            "jobs_s": c.median([len(r["jobs"]) / r["seconds"] for r in rs]),
+            "wait_p50_ms": c.pct(waits, 50), "wait_p95_ms": c.pct(waits, 95),
+            "exec_ms": c.median([(j["done"] - j["taken"]) * 1e3 for j in jobs]),
+            "jobs": len(jobs), "waits_ms": [round(w, 1) for w in waits]}
+    return {"modifier": modifier, "clients": clients, "tokens": tokens,
+            "jobs_per_client": per_client, "reps": reps, "rows": rows}
+
+
+def measure_logs(ctx: c.Context, args) -> dict:
+    """16 stream jobs at once, modifier 16: the default INFO against the SDK's DEBUG."""
+    n, tokens, per = (2, 32, 1) if args.quick else (16, 64, 2)
+    variants = {"INFO (the worker's default)": None, "DEBUG (RUNPOD_DEBUG_LEVEL=DEBUG)": DEBUG}
+    for env in variants.values():
+        ctx.launch_endpoint(n, env)
+    eps = {name: ctx.endpoint(n, env) for name, env in variants.items()}
+
+    async def go():
+        out = {name: [] for name in eps}
+        for ep in eps.values():
+            await ep.stream_job(c.job_input(0, 8))  # warm-up
+        for i, name in enumerate(c.interleave(list(eps), 1 if args.quick else 2)):
+            ep = eps[name]
+            mark = ep.log_mark()
+            rnd = await c.closed_loop(
+                lambda j, i=i, ep=ep: ep.stream_job(c.job_input(i * 31 + j, tokens)), n, per)
+            with ep.log_path.open(errors="replace") as f:
+                f.seek(mark)
+                text = f.read()
+            lines = sum(1 for line in text.splitlines() if line.startswith("[worker-"))
+            out[name].append({"tok_s": rnd.tok_s, "lines_per_job": lines / (n * per),
+                              "log_kb_per_job": len(text.encode()) / (n * per) / 1024,
+                              "chunks": c.median([j.chunks for j in rnd.jobs])})
+        return out
+
+    rows = {}
+    for name, rs in ctx.run(go()).items():
+        rows[name] = {k: c.median([r[k] for r in rs]) for k in rs[0]}
+    ctx.stop_endpoint(n, DEBUG)
+    return {"jobs": n, "tokens": tokens, "rows": rows}
+
+
+def measure(ctx: c.Context, args) -> dict:
     tokens = args.tokens or (32 if args.quick else 64)
     reps = args.reps or 3
-    modifiers = [int(x) for x in (args.modifiers or ("2" if args.quick else "1,16")).split(",")]
+    m1 = 2 if args.quick else 1  # quick: run_all's endpoint (modifier 2), a smoke test
     ip = ctx.inproc()
-    eps = {m: ctx.endpoint(m) for m in modifiers}
-    variants = ["handler (direct)", *(f"endpoint, modifier {m}" for m in modifiers)]
+    ctx.launch_endpoint(m1, SDK)
+    eps = {f"endpoint, modifier {m1}, kit loop": ctx.endpoint(m1),
+           f"endpoint, modifier {m1}, SDK loop": ctx.endpoint(m1, SDK)}
+    if not args.quick:
+        eps["endpoint, modifier 16, kit loop"] = ctx.endpoint(16)
+    variants = ["handler (direct)", *eps]
 
-    def job_fn(variant):
+    def runner(variant):
         if variant.startswith("handler"):
-            return lambda i: ip.handler_job(workload.job_input(i, tokens))
-        ep = eps[int(variant.rsplit(" ", 1)[1])]
-        return lambda i: ep.stream_job(workload.job_input(i, tokens))
+            return lambda i: ip.handler_job(c.job_input(i, tokens))
+        return lambda i: eps[variant].stream_job(c.job_input(i, tokens))
 
     async def go():
         for v in variants:  # warm-up
-            await job_fn(v)(0)
-        marks = {m: ep.log_mark() for m, ep in eps.items()}
+            await runner(v)(0)
         rounds = {v: [] for v in variants}
-        for i, v in enumerate(workload.interleave(variants, reps)):
+        for i, v in enumerate(c.interleave(variants, reps)):
             rep = i // len(variants)
-            rnd = await workload.closed_loop(lambda j, v=v, rep=rep: job_fn(v)(rep * 7 + j), 1,
-                                             args.jobs)
+            rnd = await c.closed_loop(lambda j, v=v, rep=rep: runner(v)(rep * 7 + j), 1,
+                                      args.jobs)
             rounds[v].append(rnd)
-        waits = {m: ep.queue_waits(marks[m]) for m, ep in eps.items()}
-        return rounds, waits
+        return rounds
 
-    rounds, waits = ctx.run(go())
-    posts = ctx.run(post_cost(ctx, 100 if args.quick else 500))
+    rounds = ctx.run(go())
     rows = {}
     for v, rs in rounds.items():
         jobs = [j for r in rs for j in r.jobs]
         rows[v] = {
-            "tok_s": stats.median([r.tok_s for r in rs]),
-            "job_s": stats.median([j.latency for j in jobs]),
-            "start_ms": stats.median([j.ttft * 1e3 for j in jobs]),
-            "stream_ms": stats.median([(j.chunk_times[-1] - j.first) * 1e3 for j in jobs]),
-            "end_ms": stats.median([(j.end - j.chunk_times[-1]) * 1e3 for j in jobs]),
-            "chunks": stats.median([j.chunks for j in jobs]),
-            "bytes": stats.median([j.bytes for j in jobs]),
+            "tok_s": c.median([r.tok_s for r in rs]),
+            "job_s": c.median([j.latency for j in jobs]),
+            "start_ms": c.median([j.ttft * 1e3 for j in jobs]),
+            "stream_ms": c.median([(j.chunk_times[-1] - j.first) * 1e3 for j in jobs]),
+            "end_ms": c.median([(j.end - j.chunk_times[-1]) * 1e3 for j in jobs]),
+            "chunks": c.median([j.chunks for j in jobs]),
+            "bytes": c.median([j.bytes for j in jobs]),
             "rounds": len(rs), "jobs": len(jobs),
             "job_ms": [round(j.latency * 1e3, 1) for j in jobs],
             "start_ms_each": [round(j.ttft * 1e3, 1) for j in jobs],
@@ -120,32 +241,70 @@ def measure(ctx: runner.Context, args) -> dict:
         x = rows[v]
         x["per_chunk_us"] = (x["stream_ms"] - base["stream_ms"]) * 1e3 / max(x["chunks"], 1)
         x["extra_start_ms"] = x["start_ms"] - base["start_ms"]
-        w = waits[int(v.rsplit(" ", 1)[1])]
-        x["queue_wait_s"] = w
-        x["queue_wait_median_s"] = stats.median(w)
-        ratios.append(stats.ratio(f"{v} / direct handler tok/s", x["tok_s"] / base["tok_s"],
-                                  TARGET))
+        target = TARGET if f"modifier {m1}, kit" in v else None
+        ratios.append(c.ratio(f"{v} / direct handler tok/s", x["tok_s"] / base["tok_s"],
+                              target))
+    short = [measure_short(ctx, args, m1, 2 * m1)]
+    ctx.stop_endpoint(m1, SDK)
+    if not args.quick:
+        short.append(measure_short(ctx, args, 4, 8))
+        ctx.stop_endpoint(4)
+        ctx.stop_endpoint(4, SDK)
+    for s in short:
+        kit, sdk = s["rows"]["kit loop"], s["rows"]["SDK loop"]
+        ratios.append(c.ratio(f"queue wait p50 ms, kit loop, modifier {s['modifier']}",
+                              kit["wait_p50_ms"], TARGET_WAIT_MS,
+                              f"SDK loop {sdk['wait_p50_ms']:.0f} ms", at_most=True))
+        ratios.append(c.ratio(f"short jobs/s, kit / SDK loop, modifier {s['modifier']}",
+                              kit["jobs_s"] / sdk["jobs_s"], None))
+    logs = measure_logs(ctx, args)
+    posts = ctx.run(post_cost(ctx, 100 if args.quick else 500))
     return {"tokens_per_job": tokens, "reps": reps, "jobs_per_round": args.jobs,
-            "rows": rows, "ratios": ratios, "post": posts}
+            "rows": rows, "ratios": ratios, "post": posts, "short": short, "logs": logs}
 
 
 def report(r: dict) -> str:
     rows = [[v, x["tok_s"], x["job_s"] * 1e3, x["start_ms"], x["stream_ms"], x["end_ms"],
-             stats.fmt(x.get("queue_wait_median_s"), 2), x["chunks"], x["bytes"]]
+             x["chunks"], x["bytes"]]
             for v, x in r["rows"].items()]
-    return "\n".join([
+    out = [
         f"## 2. Worker loop overhead ({r['model']}, {r['tokens_per_job']} tokens/job, stream "
         f"mode, {r['reps']} rounds x {r['jobs_per_round']} jobs back to back per variant)",
-        stats.table(["path", "tok/s", "job ms", "start ms", "stream ms", "end ms",
-                     "queue wait s", "chunks/job", "bytes/job"], rows),
+        c.table(["path", "tok/s", "job ms", "start ms", "stream ms", "end ms",
+                 "chunks/job", "bytes/job"], rows),
         "start = submit -> first chunk at the client; stream = first -> last chunk; "
-        "end = last chunk -> COMPLETED seen; queue wait = submit -> taken by the worker "
-        "(endpoint log, 0.1 s resolution)",
+        "end = last chunk -> COMPLETED seen. kit loop: handler.py as generated; SDK loop: "
+        "WORKER_LOOP=sdk, the runpod SDK's own JobScaler.",
+    ]
+    for s in r.get("short", []):
+        out += [
+            f"Short jobs ({s['tokens']} tokens, /runsync), modifier {s['modifier']}, "
+            f"{s['clients']} closed-loop clients x {s['jobs_per_client']} jobs, "
+            f"{s['reps']} rounds per loop:",
+            c.table(["loop", "jobs/s", "queue wait p50 ms", "queue wait p95 ms",
+                     "execution ms", "jobs"],
+                    [[k, x["jobs_s"], x["wait_p50_ms"], x["wait_p95_ms"], x["exec_ms"],
+                      x["jobs"]] for k, x in s["rows"].items()]),
+        ]
+    out.append("queue wait = from a slot freeing (or the job arriving, if later) to the "
+               "worker taking the job, from the endpoint's delayTime and executionTime")
+    if r.get("logs"):
+        lg = r["logs"]
+        out += [
+            f"Log level, {lg['jobs']} stream jobs at once ({lg['tokens']} tokens, modifier "
+            f"{lg['jobs']}):",
+            c.table(["worker log level", "tok/s", "log lines/job", "log KiB/job",
+                     "chunks/job"],
+                    [[k, x["tok_s"], x["lines_per_job"], x["log_kb_per_job"], x["chunks"]]
+                     for k, x in lg["rows"].items()]),
+        ]
+    out += [
         f"one chunk post with the SDK's rp_http.stream_result to the local endpoint: "
         f"{r['post']['per_post_us']:.0f} us (mean of {r['post']['posts']} in a row)",
-        stats.ratio_lines(r["ratios"]),
-    ])
+        c.ratio_lines(r["ratios"]),
+    ]
+    return "\n".join(out)
 
 
 if __name__ == "__main__":
-    runner.script_main("worker_loop", __doc__, add_args, measure, report)
+    c.script_main("worker_loop", __doc__, add_args, measure, report)

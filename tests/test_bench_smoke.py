@@ -39,7 +39,13 @@ def test_every_benchmark_runs_quick_and_prints_its_figures(tmp_path, tiny_model_
     conc = results["concurrency"]["results"]
     assert set(conc) == {"raw vLLM", "handler", "endpoint"}
     assert all(conc[p]["2"]["tok_s"] > 0 for p in conc)
-    assert results["worker_loop"]["rows"]["endpoint, modifier 2"]["chunks"] >= 1
+    wl = results["worker_loop"]
+    assert wl["rows"]["endpoint, modifier 2, kit loop"]["chunks"] >= 1
+    assert wl["rows"]["endpoint, modifier 2, SDK loop"]["chunks"] >= 1
+    assert set(wl["short"][0]["rows"]) == {"kit loop", "SDK loop"}
+    assert all(x["jobs_s"] > 0 and x["wait_p50_ms"] >= 0 for x in wl["short"][0]["rows"].values())
+    assert set(wl["logs"]["rows"]) == {"INFO (the worker's default)",
+                                       "DEBUG (RUNPOD_DEBUG_LEVEL=DEBUG)"}
     assert results["ttft_chunks"]["chunks"]["endpoint (local posts)"]["chunks"] >= 1
     cold = results["cold_start"]["cases"][0]
     assert cold["path"] == "handler" and 0 < cold["ready_s"] < cold["first_token_s"]
