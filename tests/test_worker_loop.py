@@ -148,7 +148,8 @@ def test_worker_loop_sdk_leaves_the_sdk_alone(monkeypatch):
     assert worker_loop.install(runpod) == "sdk"
     assert rp_scale.JobScaler is original
     monkeypatch.setenv("WORKER_LOOP", "fast")
-    with pytest.raises(ValueError, match="WORKER_LOOP='fast' is not valid: expected kit or sdk"):
+    with pytest.raises(worker_loop.StartupError,
+                       match="WORKER_LOOP='fast' is not valid: expected kit or sdk"):
         worker_loop.install(runpod)
 
 
@@ -197,9 +198,82 @@ def test_an_unknown_sdk_stops_start_up_with_a_clear_message(handler_path, tiny_m
     assert result.returncode == 1, result.stderr[-3000:]
     assert "written for runpod==1.10.0" in result.stderr
     assert "runpod is 9.9.9, not 1.10.0" in result.stderr
+    assert "Traceback" not in result.stderr  # a message, not a stack dump
 
 
 # ---- a worker that must die, dies -------------------------------------------------
+
+STUCK_WORKER = textwrap.dedent("""
+    import asyncio, sys, threading, time
+    from llmkit import worker_loop
+    import runpod
+    from runpod.serverless.modules.rp_fitness import run_fitness_checks
+
+    @runpod.serverless.register_fitness_check
+    def disk_has_room():
+        raise RuntimeError("only 3 MB free on /tmp")
+
+    def start_worker():
+        # Like vLLM's engine: a non-daemon thread that never ends.
+        threading.Thread(target=time.sleep, args=(3600,)).start()
+        asyncio.run(run_fitness_checks())  # runpod 1.10: sys.exit(1) on a failure
+
+    if sys.argv[1] == "kit":
+        worker_loop.serve_or_die(start_worker)
+    else:
+        start_worker()
+""")
+
+
+@pytest.mark.parametrize("guarded", [True, False])
+def test_a_failed_fitness_check_ends_the_process_despite_live_threads(tmp_path, guarded):
+    import http.server
+    import os
+    import urllib.parse
+
+    reports = []
+
+    class Ping(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the http.server API
+            reports.append((urllib.parse.urlsplit(self.path).query,
+                            self.headers.get("Authorization")))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Ping)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    script = tmp_path / "stuck.py"
+    script.write_text(STUCK_WORKER)
+    env = {**os.environ, "RUNPOD_AI_API_KEY": "k", "RUNPOD_POD_ID": "w-1",
+           "RUNPOD_SKIP_AUTO_SYSTEM_CHECKS": "true", "RUNPOD_SKIP_GPU_CHECK": "true",
+           "RUNPOD_WEBHOOK_PING":
+               f"http://127.0.0.1:{server.server_port}/ping/$RUNPOD_POD_ID?gpu=x"}
+    proc = subprocess.Popen([sys.executable, str(script), "kit" if guarded else "sdk"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    try:
+        out, _ = proc.communicate(timeout=20)
+        hung = False
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+        hung = True
+    finally:
+        server.shutdown()
+    assert "Fitness check failed: disk_has_room" in out, out
+    if not guarded:  # the SDK's own sys.exit(1) waits for the thread
+        assert hung
+        return
+    assert not hung and proc.returncode == 1, out
+    query, key = reports[0]
+    assert key == "k" and urllib.parse.parse_qs(query) == {
+        "gpu": ["x"], "status": ["unhealthy"], "check": ["disk_has_room"],
+        "reason": ["fitness check disk_has_room failed: RuntimeError: only 3 MB free on /tmp"],
+        "runpod_version": ["1.10.0"]}
+
 
 FAILING_CHECK = textwrap.dedent("""
     import runpod

@@ -49,7 +49,11 @@ _SCALER_API = {
 }
 
 
-class UnknownSDK(RuntimeError):
+class StartupError(RuntimeError):
+    """A start-up failure explained by its message: no traceback needed."""
+
+
+class UnknownSDK(StartupError):
     """The installed runpod SDK is not the one the kit's worker loop was written for."""
 
 
@@ -178,14 +182,14 @@ def install(runpod):
     """Make runpod.serverless.start run the kit's loop; return "kit" or "sdk".
 
     Call before runpod.serverless.start. Raises UnknownSDK for an SDK whose internals
-    differ, ValueError for a bad WORKER_LOOP.
+    differ, StartupError for a bad WORKER_LOOP.
     """
     from runpod.serverless.modules import rp_scale
 
     raw = os.environ.get(WORKER_LOOP_VAR, "").strip()
     choice = raw.lower() or "kit"
     if choice not in ("kit", "sdk"):
-        raise ValueError(f"{WORKER_LOOP_VAR}={raw!r} is not valid: expected kit or sdk")
+        raise StartupError(f"{WORKER_LOOP_VAR}={raw!r} is not valid: expected kit or sdk")
     if choice == "kit" and not getattr(rp_scale.JobScaler, "kit_loop", False):
         check_sdk(runpod)
         # worker.run_worker builds rp_scale.JobScaler(config): this is the one change.
@@ -270,6 +274,8 @@ def serve_or_die(start_worker):
             exit_now(exit.code if isinstance(exit.code, int) else 1, *check)
         exit_now(exit.code if isinstance(exit.code, int) else 1, "start-up",
                  f"exited with {exit.code!r} during start-up")
+    except StartupError as error:
+        exit_now(1, "start-up", str(error))
     except KeyboardInterrupt:
         exit_now(130)
     except BaseException as error:
