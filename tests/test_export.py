@@ -136,6 +136,16 @@ def test_footer_names_must_be_defined(tmp_path):
     assert "generated footer" in messages
 
 
+@pytest.mark.parametrize("name", ["serve_or_die", "install", "_start_worker"])
+def test_a_cell_may_not_define_what_the_footer_defines(tmp_path, name):
+    # The footer (worker loop, start-up) comes last and would silently replace it.
+    path = make_notebook(tmp_path / "nb.ipynb", (GOOD_REST, ["export"]),
+                         (f"def {name}():\n    pass", ["export"]), (GOOD_HANDLER, ["export"]))
+    [problem] = problems_of(path)
+    assert (problem.cell_index, problem.cell_id) == (1, "cell-1")
+    assert f"defines {name}, which the generated footer defines too" in problem.message
+
+
 def test_missing_handler_is_an_error(tmp_path):
     path = make_notebook(tmp_path / "nb.ipynb", (GOOD_REST + "\nhandler = None", ["export"]))
     [problem] = problems_of(path)

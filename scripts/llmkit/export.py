@@ -38,6 +38,7 @@ TEMPLATE_FILE = "handler.py.j2"
 FOOTER_NAMES = ("handler", "load_engine", "CONCURRENCY_MODIFIER")
 # The kit's worker loop, pasted into the footer (handler.py must run alone on an image).
 WORKER_LOOP = Path(__file__).with_name("worker_loop.py")
+FOOTER_MARKER = "# %% worker start-up"  # every footer section's first line starts so
 _CELL_MARKER = re.compile(r"^# %% cell (\d+) \(id (.+)\)$")
 
 
@@ -117,7 +118,7 @@ def _locate(rendered: str, notebook: str, file_line: int) -> dict:
     """Map a line of the rendered file back to its notebook cell."""
     lines = rendered.splitlines()
     for i in range(min(file_line, len(lines)) - 1, -1, -1):
-        if lines[i].startswith("# %% worker start-up"):
+        if lines[i].startswith(FOOTER_MARKER):
             return dict(notebook=f"{notebook} (footer of {TEMPLATE_DIR.name}/{TEMPLATE_FILE})",
                         line=file_line - i - 1)
         match = _CELL_MARKER.match(lines[i])
@@ -171,12 +172,15 @@ def _defined_names(tree: ast.Module, imports: bool = True) -> set[str]:
     return names
 
 
-def _check_footer_clashes(cells, worker_loop: str, notebook: str) -> list[Problem]:
-    """An exported cell must not define a name the footer's worker loop defines:
-    the footer comes last, so it would silently replace the cell's."""
-    footer = _defined_names(ast.parse(worker_loop), imports=False)
+def _check_footer_clashes(cells, rendered: str, notebook: str) -> list[Problem]:
+    """An exported cell must not define a name the footer defines (the worker loop
+    and start-up): the footer comes last, so it would silently replace the cell's."""
+    start = rendered.find(f"\n{FOOTER_MARKER}")
+    footer = _defined_names(ast.parse(rendered[start:]), imports=False) if start >= 0 else set()
     problems = []
-    for cell in cells:
+    for index, cell in enumerate(cells):
+        if cell.cell_type != "code" or EXPORT_TAG not in cell.metadata.get("tags", []):
+            continue
         try:
             clash = sorted(_defined_names(ast.parse(cell.source)) & footer)
         except SyntaxError:
@@ -184,7 +188,8 @@ def _check_footer_clashes(cells, worker_loop: str, notebook: str) -> list[Proble
         if clash:
             problems.append(Problem(
                 notebook, f"defines {', '.join(clash)}, which the generated footer defines "
-                f"too (llmkit/{WORKER_LOOP.name}); rename it", cell.metadata["export_index"],
+                f"too ({TEMPLATE_DIR.name}/{TEMPLATE_FILE}, llmkit/{WORKER_LOOP.name}); "
+                "rename it", index,
                 cell.get("id")))
     return problems
 
@@ -219,11 +224,11 @@ def export(notebook: Path) -> str:
     exporter = TemplateExporter(extra_template_paths=[str(TEMPLATE_DIR)],
                                 template_file=TEMPLATE_FILE)
     exporter.register_preprocessor(KeepExportCells(), enabled=True)
-    worker_loop = WORKER_LOOP.read_text()
-    resources = {"problems": [], "source_notebook": shown, "worker_loop": worker_loop.rstrip()}
+    resources = {"problems": [], "source_notebook": shown,
+                 "worker_loop": WORKER_LOOP.read_text().rstrip()}
     rendered, resources = exporter.from_notebook_node(nb, resources=resources)
     problems = resources["problems"]
-    problems.extend(_check_footer_clashes(nb.cells, worker_loop, shown))
+    problems.extend(_check_footer_clashes(nb.cells, rendered, shown))
     if not any(EXPORT_TAG in c.metadata.get("tags", []) for c in nb.cells):
         problems.append(Problem(shown, f"no code cell is tagged {EXPORT_TAG!r}"))
     if not problems:
