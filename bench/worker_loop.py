@@ -247,6 +247,7 @@ def measure(ctx: c.Context, args) -> dict:
     short = [measure_short(ctx, args, m1, 2 * m1)]
     ctx.stop_endpoint(m1, SDK)
     if not args.quick:
+        ctx.stop_endpoint(m1)  # engines take memory: the machine may be small
         short.append(measure_short(ctx, args, 4, 8))
         ctx.stop_endpoint(4)
         ctx.stop_endpoint(4, SDK)
