@@ -18,24 +18,23 @@ import time
 import pytest
 
 from llmkit import worker_loop
-
-pytest.register_assert_rewrite("endpoint_fixtures")  # before the import, to rewrite its asserts
-from endpoint_fixtures import Endpoint, alive  # noqa: E402
+from llmkit.endpoint.harness import EndpointProcess
+from llmkit.processes import alive
 
 pytest_plugins = ["endpoint_fixtures"]
 
 LOOPS = ["kit", "sdk"]
 
 
-def _endpoint(tmp_path, handler, modifier: int, loop: str, *extra) -> Endpoint:
-    endpoint = Endpoint(["--workers", "1", "--concurrency", str(modifier), "--handler",
-                         str(handler), *extra], tmp_path / "endpoint.log", "loop-key",
-                        "loop", env={"WORKER_LOOP": loop})
-    endpoint.wait_ready(timeout=120)
+def _endpoint(tmp_path, handler, modifier: int, loop: str, *extra) -> EndpointProcess:
+    endpoint = EndpointProcess(workers=1, concurrency=modifier, handler=handler, args=extra,
+                               log_path=tmp_path / "endpoint.log", endpoint_id="loop",
+                               env={"WORKER_LOOP": loop}).start()
+    endpoint.wait_workers(timeout=120)
     return endpoint
 
 
-def _stamps(endpoint: Endpoint, job_id: str) -> tuple[float, float]:
+def _stamps(endpoint: EndpointProcess, job_id: str) -> tuple[float, float]:
     state = endpoint.wait_status(job_id, timeout=60)
     assert state["status"] == "COMPLETED", state
     return state["output"][0]["started"], state["output"][-1]["ended"]
@@ -291,9 +290,9 @@ def test_a_failed_fitness_check_with_a_live_engine_exits_promptly(tmp_path, tiny
     wrapper = tmp_path / "worker_with_check.py"
     wrapper.write_text(FAILING_CHECK + "\nimport runpy\n"
                        f"runpy.run_path({str(handler_path)!r}, run_name='__main__')\n")
-    endpoint = Endpoint(["--workers", "1", "--handler", str(wrapper), "--model",
-                         str(tiny_model_dir)], tmp_path / "endpoint.log", "fit-key", "fit",
-                        env={"MAX_MODEL_LEN": "512"})
+    endpoint = EndpointProcess(workers=1, handler=wrapper, model=tiny_model_dir,
+                               log_path=tmp_path / "endpoint.log", endpoint_id="fit",
+                               env={"MAX_MODEL_LEN": "512"}).start()
     try:
         endpoint.wait_for_log(r"Running \d+ fitness check", timeout=400)  # engine is up
         t_check = time.monotonic()
