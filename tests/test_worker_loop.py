@@ -177,6 +177,39 @@ def test_changed_sdk_internals_are_refused(monkeypatch):
            "session, job)" in str(err.value)
 
 
+@pytest.mark.parametrize("preset, level", [(None, "INFO"), ("DEBUG", "DEBUG"),
+                                           ("WARN", "WARN")])
+def test_the_sdk_logs_at_info_unless_told_otherwise(preset, level):
+    import os
+
+    code = ("from llmkit import worker_loop\nworker_loop.quiet_sdk_logs()\nimport runpod\n"
+            "from runpod.serverless.modules.rp_logger import RunPodLogger\n"
+            "print(RunPodLogger().level)\n")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RUNPOD_DEBUG_LEVEL", "RUNPOD_LOG_LEVEL")}
+    if preset:
+        env["RUNPOD_DEBUG_LEVEL"] = preset
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.stdout.split() == [level], result.stderr[-2000:]
+
+
+def test_handler_py_sets_the_log_level_before_it_imports_runpod(handler_path):
+    """The SDK reads the level once, at import: the footer must come first."""
+    import ast
+
+    tree = ast.parse(handler_path.read_text())
+    start = next(n for n in tree.body if getattr(n, "name", None) == "_start_worker")
+    quiet = [n.lineno for n in ast.walk(start) if isinstance(n, ast.Call)
+             and getattr(n.func, "id", "") == "quiet_sdk_logs"]
+    runpod = [n.lineno for n in ast.walk(start)  # `import runpod`, import_module("runpod")
+              if (isinstance(n, ast.Import) and n.names[0].name == "runpod")
+              or (isinstance(n, ast.Constant) and n.value == "runpod")]
+    assert quiet and runpod and max(quiet) < min(runpod), (quiet, runpod)
+    assert not any(isinstance(n, ast.Import) and n.names[0].name == "runpod"
+                   for n in tree.body)  # nothing at module level imports it earlier
+
+
 def _run_handler(handler_path, env, timeout=300, prelude=""):
     """python -c: ``prelude``, then handler.py run as __main__, as `python handler.py`."""
     code = prelude + f"import runpy\nrunpy.run_path({str(handler_path)!r}, run_name='__main__')\n"
