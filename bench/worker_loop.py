@@ -82,6 +82,9 @@ def add_args(p) -> None:
     p.add_argument("--jobs", type=int, default=3, help="jobs back to back per round (3)")
     p.add_argument("--short-jobs", type=int, default=None,
                    help="short jobs per round and client (6; quick 3)")
+    p.add_argument("--short-reps", type=int, default=None, help="short-job rounds per loop (2)")
+    p.add_argument("--log-rounds", type=int, default=None,
+                   help="rounds of 16 concurrent jobs per log level (2; quick 1)")
 
 
 async def short_job(ep: c.Endpoint, i: int, tokens: int) -> dict:
@@ -130,7 +133,7 @@ async def short_round(ep: c.Endpoint, clients: int, per_client: int, tokens: int
 
 
 def measure_short(ctx: c.Context, args, modifier: int, clients: int) -> dict:
-    tokens, reps = 8, (1 if args.quick else 2)
+    tokens, reps = 8, args.short_reps or (1 if args.quick else 2)
     per_client = args.short_jobs or (3 if args.quick else 6)
     for env in LOOPS.values():
         ctx.launch_endpoint(modifier, env)
@@ -160,7 +163,8 @@ def measure_short(ctx: c.Context, args, modifier: int, clients: int) -> dict:
 
 def measure_logs(ctx: c.Context, args) -> dict:
     """16 stream jobs at once, modifier 16: the default INFO against the SDK's DEBUG."""
-    n, tokens, per = (2, 32, 1) if args.quick else (16, 64, 2)
+    n, tokens = (2, 32) if args.quick else (16, args.tokens or 64)
+    rounds = args.log_rounds or (1 if args.quick else 2)
     variants = {"INFO (the worker's default)": None, "DEBUG (RUNPOD_DEBUG_LEVEL=DEBUG)": DEBUG}
     for env in variants.values():
         ctx.launch_endpoint(n, env)
@@ -170,17 +174,17 @@ def measure_logs(ctx: c.Context, args) -> dict:
         out = {name: [] for name in eps}
         for ep in eps.values():
             await ep.stream_job(c.job_input(0, 8))  # warm-up
-        for i, name in enumerate(c.interleave(list(eps), 1 if args.quick else 2)):
+        for i, name in enumerate(c.interleave(list(eps), rounds)):
             ep = eps[name]
             mark = ep.log_mark()
             rnd = await c.closed_loop(
-                lambda j, i=i, ep=ep: ep.stream_job(c.job_input(i * 31 + j, tokens)), n, per)
+                lambda j, i=i, ep=ep: ep.stream_job(c.job_input(i * 31 + j, tokens)), n, 1)
             with ep.log_path.open(errors="replace") as f:
                 f.seek(mark)
                 text = f.read()
             lines = sum(1 for line in text.splitlines() if line.startswith("[worker-"))
-            out[name].append({"tok_s": rnd.tok_s, "lines_per_job": lines / (n * per),
-                              "log_kb_per_job": len(text.encode()) / (n * per) / 1024,
+            out[name].append({"tok_s": rnd.tok_s, "lines_per_job": lines / n,
+                              "log_kb_per_job": len(text.encode()) / n / 1024,
                               "chunks": c.median([j.chunks for j in rnd.jobs])})
         return out
 
@@ -188,19 +192,18 @@ def measure_logs(ctx: c.Context, args) -> dict:
     for name, rs in ctx.run(go()).items():
         rows[name] = {k: c.median([r[k] for r in rs]) for k in rs[0]}
     ctx.stop_endpoint(n, DEBUG)
-    return {"jobs": n, "tokens": tokens, "rows": rows}
+    return {"jobs": n, "tokens": tokens, "rounds": rounds, "rows": rows}
 
 
 def measure(ctx: c.Context, args) -> dict:
     tokens = args.tokens or (32 if args.quick else 64)
     reps = args.reps or 3
     m1 = 2 if args.quick else 1  # quick: run_all's endpoint (modifier 2), a smoke test
+    ctx.launch_endpoint(m1)
+    ctx.launch_endpoint(m1, SDK)  # both start beside the in-process engine
     ip = ctx.inproc()
-    ctx.launch_endpoint(m1, SDK)
     eps = {f"endpoint, modifier {m1}, kit loop": ctx.endpoint(m1),
            f"endpoint, modifier {m1}, SDK loop": ctx.endpoint(m1, SDK)}
-    if not args.quick:
-        eps["endpoint, modifier 16, kit loop"] = ctx.endpoint(16)
     variants = ["handler (direct)", *eps]
 
     def runner(variant):
@@ -293,7 +296,7 @@ def report(r: dict) -> str:
         lg = r["logs"]
         out += [
             f"Log level, {lg['jobs']} stream jobs at once ({lg['tokens']} tokens, modifier "
-            f"{lg['jobs']}):",
+            f"{lg['jobs']}, {lg.get('rounds', 1)} round(s) per level):",
             c.table(["worker log level", "tok/s", "log lines/job", "log KiB/job",
                      "chunks/job"],
                     [[k, x["tok_s"], x["lines_per_job"], x["log_kb_per_job"], x["chunks"]]
