@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from bench import common as c
+from bench import stats
 
 TITLES = {
     "handler_overhead": "1. Handler overhead",
@@ -73,7 +73,7 @@ def gpu_paper(results: dict) -> str:
     headers = ["model", "weights GB"]
     for g, bw in GPUS:
         headers += [f"{g} ({bw / 1e12:.2f} TB/s) tok/s", "ms/token"]
-    table = c.table(headers, rows)
+    table = stats.table(headers, rows)
 
     ho = results.get("handler_overhead", {})
     wl = results.get("worker_loop", {})
@@ -259,10 +259,10 @@ def targets(results: dict) -> str:
             if r["target"] is None:
                 continue
             sign = "<=" if r.get("at_most") else ">="
-            rows.append([TITLES[name], r["name"], c.fmt(r["value"], 3),
+            rows.append([TITLES[name], r["name"], stats.fmt(r["value"], 3),
                          f"{sign} {r['target']:.2f}",
                          r["verdict"], f"`{results['_run']['commands'][name]}`"])
-    return c.table(["benchmark", "figure", "measured", "target", "verdict", "command"], rows)
+    return stats.table(["benchmark", "figure", "measured", "target", "verdict", "command"], rows)
 
 
 def compose(results: dict) -> str:

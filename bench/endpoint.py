@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import re
 import time
 from pathlib import Path
 
@@ -20,12 +19,14 @@ class BenchEndpoint:
     """`python -m llmkit.endpoint` with SDK workers running handler.py in production."""
 
     def __init__(self, concurrency: int, log_dir: Path, handler_path: Path = HANDLER,
-                 workers: int = 1) -> None:
+                 workers: int = 1, env: dict[str, str] | None = None) -> None:
         self.concurrency, self.workers = concurrency, workers
+        # env: for the endpoint and its workers, e.g. WORKER_LOOP=sdk
+        tag = "".join(f"-{v.lower()}" for _, v in sorted((env or {}).items()))
         self.process = EndpointProcess(
             workers=workers, concurrency=concurrency, handler=handler_path,
-            model=os.environ["MODEL"], endpoint_id="bench",
-            log_path=log_dir / f"endpoint-c{concurrency}-w{workers}.log")
+            model=os.environ["MODEL"], endpoint_id="bench", env=env,
+            log_path=log_dir / f"endpoint-c{concurrency}-w{workers}{tag}.log")
         self.log_path = self.process.log_path
         self.session: aiohttp.ClientSession | None = None
         self.start_s = 0.0
@@ -54,13 +55,6 @@ class BenchEndpoint:
 
     def log_mark(self) -> int:
         return self.log_path.stat().st_size
-
-    def queue_waits(self, since: int = 0) -> list[float]:
-        """Seconds each job waited in the queue before a worker took it (server log)."""
-        with self.log_path.open(errors="replace") as f:
-            f.seek(since)
-            text = f.read()
-        return [float(x) for x in re.findall(r"job \S+ -> \S+ \(waited ([\d.]+) s\)", text)]
 
     async def stream_job(self, inp: dict) -> JobStats:
         """Submit with /run and read /stream until the job is final, as a client does."""

@@ -90,7 +90,7 @@ class Context:
         self.runner = asyncio.Runner()
         setup_env(args)
         self._inproc: InProcess | None = None
-        self._endpoints: dict[int, BenchEndpoint] = {}
+        self._endpoints: dict = {}  # by _key(): the modifier, plus env when it has one
         self.log_dir = Path(tempfile.mkdtemp(prefix="llmkit-bench-"))
         self.starts: dict[str, float] = {}
         # SIGTERM (a timeout, `kill`) unwinds like Ctrl-C, so close() stops the workers.
@@ -119,26 +119,45 @@ class Context:
                 self._endpoints[m] = self._new_endpoint(m)
                 self._endpoints[m].launch()
 
-    def _new_endpoint(self, concurrency: int) -> BenchEndpoint:
+    def _new_endpoint(self, concurrency: int,
+                      env: dict[str, str] | None = None) -> BenchEndpoint:
         from bench.endpoint import BenchEndpoint  # the harness: not at import
 
-        return BenchEndpoint(concurrency, self.log_dir, self.args.handler)
+        return BenchEndpoint(concurrency, self.log_dir, self.args.handler, env=env)
 
-    def endpoint(self, concurrency: int) -> BenchEndpoint:
-        """The endpoint whose worker runs with CONCURRENCY_MODIFIER=concurrency."""
-        ep = self._endpoints.get(concurrency)
+    def endpoint(self, concurrency: int, env: dict[str, str] | None = None) -> BenchEndpoint:
+        """The endpoint whose worker runs with CONCURRENCY_MODIFIER=concurrency (and env)."""
+        key = _key(concurrency, env)
+        ep = self._endpoints.get(key)
         if ep is None or ep.session is None:
-            self.run(self._start_endpoint(concurrency))
-        return self._endpoints[concurrency]
+            self.run(self._start_endpoint(concurrency, env))
+        return self._endpoints[key]
 
-    async def _start_endpoint(self, concurrency: int) -> None:
-        ep = self._endpoints.get(concurrency)
+    def launch_endpoint(self, concurrency: int, env: dict[str, str] | None = None) -> None:
+        """Spawn an endpoint now, to start beside others; endpoint() then waits for it."""
+        key = _key(concurrency, env)
+        if key not in self._endpoints:
+            say(f"launching the local endpoint {key} ...")
+            self._endpoints[key] = self._new_endpoint(concurrency, env)
+            self._endpoints[key].launch()
+
+    def stop_endpoint(self, concurrency: int, env: dict[str, str] | None = None) -> None:
+        """Stop one endpoint (and free its engine); endpoint() would start it again."""
+        ep = self._endpoints.pop(_key(concurrency, env), None)
+        if ep is not None:
+            self.run(ep.stop())
+
+    async def _start_endpoint(self, concurrency: int, env: dict[str, str] | None) -> None:
+        key = _key(concurrency, env)
+        ep = self._endpoints.get(key)
         if ep is None:
-            say(f"starting the local endpoint, CONCURRENCY_MODIFIER={concurrency} ...")
-            ep = self._new_endpoint(concurrency)
-            self._endpoints[concurrency] = ep
+            say(f"starting the local endpoint {key} ...")
+            ep = self._new_endpoint(concurrency, env)
+            self._endpoints[key] = ep
         await ep.start()
-        self.starts[f"endpoint (modifier {concurrency})"] = ep.start_s
+        label = f"modifier {concurrency}" + "".join(f", {k}={v}" for k, v in
+                                                     sorted((env or {}).items()))
+        self.starts[f"endpoint ({label})"] = ep.start_s
         say(f"endpoint ready {ep.start_s:.0f} s after launch (log {ep.log_path})")
 
     def close(self) -> None:
@@ -156,6 +175,11 @@ class Context:
             self._inproc.close()
             self._inproc = None
         self.runner.close()
+
+
+def _key(concurrency: int, env: dict[str, str] | None):
+    """An endpoint's key: its modifier alone when it runs with the defaults."""
+    return (concurrency, *sorted(env.items())) if env else concurrency
 
 
 def say(msg: str) -> None:

@@ -43,21 +43,24 @@ def table(headers: list[str], rows: list[list]) -> str:
     return "\n".join([line(cells[0]), sep, *(line(r) for r in cells[1:])])
 
 
-def ratio(name: str, value: float | None, target: float | None, note: str = "") -> dict:
-    """A ratio with its target; target None means reported only."""
+def ratio(name: str, value: float | None, target: float | None, note: str = "",
+          at_most: bool = False) -> dict:
+    """A figure with its target (a minimum, or a maximum if at_most); None: reported only."""
     if value is None:
         verdict = "n/a"
     elif target is None:
         verdict = "info"
     else:
-        verdict = "PASS" if value >= target else "FAIL"
-    return {"name": name, "value": value, "target": target, "verdict": verdict, "note": note}
+        verdict = "PASS" if (value <= target if at_most else value >= target) else "FAIL"
+    return {"name": name, "value": value, "target": target, "verdict": verdict, "note": note,
+            "at_most": at_most}
 
 
 def ratio_lines(ratios: list[dict]) -> str:
     out = []
     for r in ratios:
-        target = f" (target >= {r['target']:.2f})" if r["target"] is not None else ""
+        sign = "<=" if r.get("at_most") else ">="
+        target = f" (target {sign} {r['target']:.2f})" if r["target"] is not None else ""
         value = "n/a" if r["value"] is None else f"{r['value']:.3f}"
         note = f"  [{r['note']}]" if r["note"] else ""
         out.append(f"ratio {r['name']} = {value}{target} {r['verdict']}{note}")

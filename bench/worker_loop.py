@@ -24,7 +24,9 @@ from __future__ import annotations
 import asyncio
 import heapq
 
-from bench import common as c
+from bench import runner, stats, workload
+from bench.endpoint import BenchEndpoint
+from llmkit.endpoint.harness import EndpointError
 
 TARGET = 0.97  # endpoint / direct handler tokens per second, kit's loop, modifier 1
 TARGET_WAIT_MS = 50  # p50 queue wait with the kit's loop
@@ -34,7 +36,7 @@ DEBUG = {"RUNPOD_DEBUG_LEVEL": "DEBUG"}
 LOOPS = {"kit": None, "SDK": SDK}
 
 
-async def post_cost(ctx: c.Context, n: int) -> dict:
+async def post_cost(ctx: runner.Context, n: int) -> dict:
     """The SDK's own stream_result(), timed: n chunk posts to a queue-only endpoint.
 
     A probe worker (worker_env() of the endpoint) takes one job and posts n chunks
@@ -45,11 +47,11 @@ async def post_cost(ctx: c.Context, n: int) -> dict:
 
     from llmkit.endpoint import worker_env
 
-    ep = c.Endpoint(1, ctx.args.handler, ctx.log_dir, workers=0)
+    ep = BenchEndpoint(1, ctx.log_dir, ctx.args.handler, workers=0)
     await ep.start()
     try:
-        env = worker_env(ep.root, c.ENDPOINT_ID, PROBE, c.API_KEY)
-        async with ep.session.post(f"{ep.base}/run", json={"input": {"prompt": "x"}}) as r:
+        env = worker_env(ep.process.root, ep.process.endpoint_id, PROBE, ep.process.api_key)
+        async with ep.session.post(f"{ep.url}/run", json={"input": {"prompt": "x"}}) as r:
             await r.json()
         take = env["RUNPOD_WEBHOOK_GET_JOB"].replace("$ID", PROBE) + "&job_in_progress=0"
         async with aiohttp.ClientSession(headers={"Authorization": env["RUNPOD_AI_API_KEY"]}) \
@@ -64,10 +66,10 @@ async def post_cost(ctx: c.Context, n: int) -> dict:
                 "$RUNPOD_POD_ID", PROBE)
             try:
                 await rp_http.stream_result(session, {"output": {"text": " warm"}}, job)
-                t0 = c.now()
+                t0 = workload.now()
                 for _ in range(n):
                     await rp_http.stream_result(session, {"output": {"text": " tok"}}, job)
-                per_post = (c.now() - t0) / n
+                per_post = (workload.now() - t0) / n
                 await rp_http.send_result(session, {"output": []}, job, is_stream=True)
             finally:
                 rp_http.JOB_STREAM_URL, rp_http.JOB_DONE_URL = saved
@@ -87,15 +89,15 @@ def add_args(p) -> None:
                    help="rounds of 16 concurrent jobs per log level (2; quick 1)")
 
 
-async def short_job(ep: c.Endpoint, i: int, tokens: int) -> dict:
+async def short_job(ep: BenchEndpoint, i: int, tokens: int) -> dict:
     """One /runsync job; its submit, take and end times on this process's clock."""
-    t0 = c.now()
-    async with ep.session.post(f"{ep.base}/runsync?wait=300000",
-                               json={"input": c.job_input(i, tokens, stream=False)}) as r:
+    t0 = workload.now()
+    async with ep.session.post(f"{ep.url}/runsync?wait=300000",
+                               json={"input": workload.job_input(i, tokens, stream=False)}) as r:
         body = await r.json()
-    t1 = c.now()
+    t1 = workload.now()
     if body.get("status") != "COMPLETED":
-        raise c.EndpointError(f"/runsync: {body}")
+        raise EndpointError(f"/runsync: {body}")
     taken = t0 + body["delayTime"] / 1e3
     return {"submitted": t0, "taken": taken, "done": taken + body["executionTime"] / 1e3,
             "replied": t1}
@@ -119,7 +121,7 @@ def slot_waits(jobs: list[dict], slots: int) -> list[float]:
     return waits
 
 
-async def short_round(ep: c.Endpoint, clients: int, per_client: int, tokens: int,
+async def short_round(ep: BenchEndpoint, clients: int, per_client: int, tokens: int,
                       offset: int) -> dict:
     jobs: list[dict] = []
 
@@ -127,12 +129,12 @@ async def short_round(ep: c.Endpoint, clients: int, per_client: int, tokens: int
         for n in range(per_client):
             jobs.append(await short_job(ep, offset + k * per_client + n, tokens))
 
-    t0 = c.now()
+    t0 = workload.now()
     await asyncio.gather(*(client(k) for k in range(clients)))
-    return {"jobs": jobs, "seconds": c.now() - t0}
+    return {"jobs": jobs, "seconds": workload.now() - t0}
 
 
-def measure_short(ctx: c.Context, args, modifier: int, clients: int) -> dict:
+def measure_short(ctx: runner.Context, args, modifier: int, clients: int) -> dict:
     tokens, reps = 8, args.short_reps or (1 if args.quick else 2)
     per_client = args.short_jobs or (3 if args.quick else 6)
     for env in LOOPS.values():
@@ -143,7 +145,7 @@ def measure_short(ctx: c.Context, args, modifier: int, clients: int) -> dict:
         for ep in eps.values():
             await short_round(ep, clients, 1, tokens, 0)  # warm-up
         rounds = {name: [] for name in eps}
-        for i, name in enumerate(c.interleave(list(eps), reps)):
+        for i, name in enumerate(workload.interleave(list(eps), reps)):
             rounds[name].append(await short_round(eps[name], clients, per_client, tokens,
                                                   100 * i))
         return rounds
@@ -153,15 +155,15 @@ def measure_short(ctx: c.Context, args, modifier: int, clients: int) -> dict:
         waits = [w * 1e3 for r in rs for w in slot_waits(r["jobs"], modifier)]
         jobs = [j for r in rs for j in r["jobs"]]
         rows[f"{name} loop"] = {
-            "jobs_s": c.median([len(r["jobs"]) / r["seconds"] for r in rs]),
-            "wait_p50_ms": c.pct(waits, 50), "wait_p95_ms": c.pct(waits, 95),
-            "exec_ms": c.median([(j["done"] - j["taken"]) * 1e3 for j in jobs]),
+            "jobs_s": stats.median([len(r["jobs"]) / r["seconds"] for r in rs]),
+            "wait_p50_ms": stats.pct(waits, 50), "wait_p95_ms": stats.pct(waits, 95),
+            "exec_ms": stats.median([(j["done"] - j["taken"]) * 1e3 for j in jobs]),
             "jobs": len(jobs), "waits_ms": [round(w, 1) for w in waits]}
     return {"modifier": modifier, "clients": clients, "tokens": tokens,
             "jobs_per_client": per_client, "reps": reps, "rows": rows}
 
 
-def measure_logs(ctx: c.Context, args) -> dict:
+def measure_logs(ctx: runner.Context, args) -> dict:
     """16 stream jobs at once, modifier 16: the default INFO against the SDK's DEBUG."""
     n, tokens = (2, 32) if args.quick else (16, args.tokens or 64)
     rounds = args.log_rounds or (1 if args.quick else 2)
@@ -173,29 +175,29 @@ def measure_logs(ctx: c.Context, args) -> dict:
     async def go():
         out = {name: [] for name in eps}
         for ep in eps.values():
-            await ep.stream_job(c.job_input(0, 8))  # warm-up
-        for i, name in enumerate(c.interleave(list(eps), rounds)):
+            await ep.stream_job(workload.job_input(0, 8))  # warm-up
+        for i, name in enumerate(workload.interleave(list(eps), rounds)):
             ep = eps[name]
             mark = ep.log_mark()
-            rnd = await c.closed_loop(
-                lambda j, i=i, ep=ep: ep.stream_job(c.job_input(i * 31 + j, tokens)), n, 1)
+            rnd = await workload.closed_loop(
+                lambda j, i=i, ep=ep: ep.stream_job(workload.job_input(i * 31 + j, tokens)), n, 1)
             with ep.log_path.open(errors="replace") as f:
                 f.seek(mark)
                 text = f.read()
             lines = sum(1 for line in text.splitlines() if line.startswith("[worker-"))
             out[name].append({"tok_s": rnd.tok_s, "lines_per_job": lines / n,
                               "log_kb_per_job": len(text.encode()) / n / 1024,
-                              "chunks": c.median([j.chunks for j in rnd.jobs])})
+                              "chunks": stats.median([j.chunks for j in rnd.jobs])})
         return out
 
     rows = {}
     for name, rs in ctx.run(go()).items():
-        rows[name] = {k: c.median([r[k] for r in rs]) for k in rs[0]}
+        rows[name] = {k: stats.median([r[k] for r in rs]) for k in rs[0]}
     ctx.stop_endpoint(n, DEBUG)
     return {"jobs": n, "tokens": tokens, "rounds": rounds, "rows": rows}
 
 
-def measure(ctx: c.Context, args) -> dict:
+def measure(ctx: runner.Context, args) -> dict:
     tokens = args.tokens or (32 if args.quick else 64)
     reps = args.reps or 3
     m1 = 2 if args.quick else 1  # quick: run_all's endpoint (modifier 2), a smoke test
@@ -208,16 +210,16 @@ def measure(ctx: c.Context, args) -> dict:
 
     def runner(variant):
         if variant.startswith("handler"):
-            return lambda i: ip.handler_job(c.job_input(i, tokens))
-        return lambda i: eps[variant].stream_job(c.job_input(i, tokens))
+            return lambda i: ip.handler_job(workload.job_input(i, tokens))
+        return lambda i: eps[variant].stream_job(workload.job_input(i, tokens))
 
     async def go():
         for v in variants:  # warm-up
             await runner(v)(0)
         rounds = {v: [] for v in variants}
-        for i, v in enumerate(c.interleave(variants, reps)):
+        for i, v in enumerate(workload.interleave(variants, reps)):
             rep = i // len(variants)
-            rnd = await c.closed_loop(lambda j, v=v, rep=rep: runner(v)(rep * 7 + j), 1,
+            rnd = await workload.closed_loop(lambda j, v=v, rep=rep: runner(v)(rep * 7 + j), 1,
                                       args.jobs)
             rounds[v].append(rnd)
         return rounds
@@ -227,13 +229,13 @@ def measure(ctx: c.Context, args) -> dict:
     for v, rs in rounds.items():
         jobs = [j for r in rs for j in r.jobs]
         rows[v] = {
-            "tok_s": c.median([r.tok_s for r in rs]),
-            "job_s": c.median([j.latency for j in jobs]),
-            "start_ms": c.median([j.ttft * 1e3 for j in jobs]),
-            "stream_ms": c.median([(j.chunk_times[-1] - j.first) * 1e3 for j in jobs]),
-            "end_ms": c.median([(j.end - j.chunk_times[-1]) * 1e3 for j in jobs]),
-            "chunks": c.median([j.chunks for j in jobs]),
-            "bytes": c.median([j.bytes for j in jobs]),
+            "tok_s": stats.median([r.tok_s for r in rs]),
+            "job_s": stats.median([j.latency for j in jobs]),
+            "start_ms": stats.median([j.ttft * 1e3 for j in jobs]),
+            "stream_ms": stats.median([(j.chunk_times[-1] - j.first) * 1e3 for j in jobs]),
+            "end_ms": stats.median([(j.end - j.chunk_times[-1]) * 1e3 for j in jobs]),
+            "chunks": stats.median([j.chunks for j in jobs]),
+            "bytes": stats.median([j.bytes for j in jobs]),
             "rounds": len(rs), "jobs": len(jobs),
             "job_ms": [round(j.latency * 1e3, 1) for j in jobs],
             "start_ms_each": [round(j.ttft * 1e3, 1) for j in jobs],
@@ -245,7 +247,7 @@ def measure(ctx: c.Context, args) -> dict:
         x["per_chunk_us"] = (x["stream_ms"] - base["stream_ms"]) * 1e3 / max(x["chunks"], 1)
         x["extra_start_ms"] = x["start_ms"] - base["start_ms"]
         target = TARGET if f"modifier {m1}, kit" in v else None
-        ratios.append(c.ratio(f"{v} / direct handler tok/s", x["tok_s"] / base["tok_s"],
+        ratios.append(stats.ratio(f"{v} / direct handler tok/s", x["tok_s"] / base["tok_s"],
                               target))
     short = [measure_short(ctx, args, m1, 2 * m1)]
     ctx.stop_endpoint(m1, SDK)
@@ -256,10 +258,10 @@ def measure(ctx: c.Context, args) -> dict:
         ctx.stop_endpoint(4, SDK)
     for s in short:
         kit, sdk = s["rows"]["kit loop"], s["rows"]["SDK loop"]
-        ratios.append(c.ratio(f"queue wait p50 ms, kit loop, modifier {s['modifier']}",
+        ratios.append(stats.ratio(f"queue wait p50 ms, kit loop, modifier {s['modifier']}",
                               kit["wait_p50_ms"], TARGET_WAIT_MS,
                               f"SDK loop {sdk['wait_p50_ms']:.0f} ms", at_most=True))
-        ratios.append(c.ratio(f"short jobs/s, kit / SDK loop, modifier {s['modifier']}",
+        ratios.append(stats.ratio(f"short jobs/s, kit / SDK loop, modifier {s['modifier']}",
                               kit["jobs_s"] / sdk["jobs_s"], None))
     logs = measure_logs(ctx, args)
     posts = ctx.run(post_cost(ctx, 100 if args.quick else 500))
@@ -274,7 +276,7 @@ def report(r: dict) -> str:
     out = [
         f"## 2. Worker loop overhead ({r['model']}, {r['tokens_per_job']} tokens/job, stream "
         f"mode, {r['reps']} rounds x {r['jobs_per_round']} jobs back to back per variant)",
-        c.table(["path", "tok/s", "job ms", "start ms", "stream ms", "end ms",
+        stats.table(["path", "tok/s", "job ms", "start ms", "stream ms", "end ms",
                  "chunks/job", "bytes/job"], rows),
         "start = submit -> first chunk at the client; stream = first -> last chunk; "
         "end = last chunk -> COMPLETED seen. kit loop: handler.py as generated; SDK loop: "
@@ -285,7 +287,7 @@ def report(r: dict) -> str:
             f"Short jobs ({s['tokens']} tokens, /runsync), modifier {s['modifier']}, "
             f"{s['clients']} closed-loop clients x {s['jobs_per_client']} jobs, "
             f"{s['reps']} rounds per loop:",
-            c.table(["loop", "jobs/s", "queue wait p50 ms", "queue wait p95 ms",
+            stats.table(["loop", "jobs/s", "queue wait p50 ms", "queue wait p95 ms",
                      "execution ms", "jobs"],
                     [[k, x["jobs_s"], x["wait_p50_ms"], x["wait_p95_ms"], x["exec_ms"],
                       x["jobs"]] for k, x in s["rows"].items()]),
@@ -297,7 +299,7 @@ def report(r: dict) -> str:
         out += [
             f"Log level, {lg['jobs']} stream jobs at once ({lg['tokens']} tokens, modifier "
             f"{lg['jobs']}, {lg.get('rounds', 1)} round(s) per level):",
-            c.table(["worker log level", "tok/s", "log lines/job", "log KiB/job",
+            stats.table(["worker log level", "tok/s", "log lines/job", "log KiB/job",
                      "chunks/job"],
                     [[k, x["tok_s"], x["lines_per_job"], x["log_kb_per_job"], x["chunks"]]
                      for k, x in lg["rows"].items()]),
@@ -305,10 +307,10 @@ def report(r: dict) -> str:
     out += [
         f"one chunk post with the SDK's rp_http.stream_result to the local endpoint: "
         f"{r['post']['per_post_us']:.0f} us (mean of {r['post']['posts']} in a row)",
-        c.ratio_lines(r["ratios"]),
+        stats.ratio_lines(r["ratios"]),
     ]
     return "\n".join(out)
 
 
 if __name__ == "__main__":
-    c.script_main("worker_loop", __doc__, add_args, measure, report)
+    runner.script_main("worker_loop", __doc__, add_args, measure, report)

@@ -54,3 +54,22 @@ def test_ratio_verdicts_and_lines():
         "ratio c = 1.200 info",
         "ratio d = n/a (target >= 0.90) n/a",
     ]
+
+
+def test_a_maximum_target_passes_at_or_below_it():
+    assert stats.ratio("wait ms", 50, 50, at_most=True)["verdict"] == "PASS"
+    assert stats.ratio("wait ms", 51, 50, at_most=True)["verdict"] == "FAIL"
+    assert "(target <= 50.00) PASS" in stats.ratio_lines([stats.ratio("w", 3, 50, at_most=True)])
+
+
+def test_slot_waits_count_from_a_free_slot_or_the_jobs_arrival():
+    from bench.worker_loop import slot_waits
+
+    jobs = [dict(submitted=0.0, taken=0.01, done=1.0),   # a free slot: waits for the take
+            dict(submitted=0.0, taken=1.02, done=2.0),   # queued: from the slot freeing
+            dict(submitted=2.5, taken=2.6, done=3.0)]    # came after the slot freed
+    assert [round(w, 3) for w in slot_waits(jobs, 1)] == [0.01, 0.02, 0.1]
+    # two slots: the third job takes the slot the first one freed
+    two = [dict(submitted=0.0, taken=0.0, done=1.0), dict(submitted=0.0, taken=0.0, done=3.0),
+           dict(submitted=0.0, taken=1.5, done=2.0)]
+    assert [round(w, 3) for w in slot_waits(two, 2)] == [0.0, 0.0, 0.5]
