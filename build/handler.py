@@ -937,6 +937,292 @@ def serve_or_die(start_worker):
         exit_now(1, "start-up", f"{type(error).__name__}: {error}")
 
 
+# %% worker start-up: the kit's worker loop (from scripts/llmkit/worker_loop.py)
+"""The kit's worker loop: the runpod SDK's production loop, with its timing fixed.
+
+In runpod 1.10.0 (and 1.12) `JobScaler` (serverless/modules/rp_scale.py) decides when
+to fetch a job in `get_jobs`: when it thinks the worker is full it sleeps a fixed
+second. It thinks so too often, because a job it has taken counts twice (in its queue
+and in its in-progress set) until the job starts. And `run_jobs` looks for fetched jobs
+only every 0.1 s. So a queued job waits up to 1.1 s after a slot frees.
+`kit_job_scaler` changes only those decisions:
+
+* a taken job counts once (`current_occupancy`);
+* a full worker fetches as soon as a job ends, not on the next 1 s tick (`set_scale`,
+  the first await of every `get_jobs` round, returns when there is room);
+* a fetched job starts at once, not on `run_jobs`' next 0.1 s tick.
+
+Everything else is the SDK's own: the job-take and batch requests, the back-off when
+the queue is empty or down, per-job stop, the heartbeat, the SIGTERM drain.
+`WORKER_LOOP=sdk` runs the SDK's loop unchanged. docs/WORKER_LOOP.md has the details.
+
+Also here: a worker that must die, dies (`serve_or_die`), and the SDK logs at INFO
+unless told otherwise (`quiet_sdk_logs`).
+
+This file is the one copy. `llmkit.export` pastes it into the footer of the generated
+handler.py, which runs alone on an image; tests and the fake worker import it from
+llmkit. So: the standard library only, runpod passed in, and no `from __future__`.
+"""
+
+import asyncio
+import contextlib
+import inspect
+import multiprocessing
+import os
+import sys
+import traceback
+import urllib.parse
+import urllib.request
+
+# The SDK whose JobScaler internals the kit's loop was written against (pyproject pins it).
+RUNPOD_VERSION = "1.10.0"
+# "kit" (the default) or "sdk" (the SDK's own loop, unchanged).
+WORKER_LOOP_VAR = "WORKER_LOOP"
+# The JobScaler methods the kit's loop overrides or calls, with their parameters.
+_SCALER_API = {
+    "set_scale": ("self",),
+    "current_occupancy": ("self",),
+    "get_jobs": ("self", "session"),
+    "run_jobs": ("self", "session"),
+    "handle_job": ("self", "session", "job"),
+    "is_alive": ("self",),
+}
+
+
+class StartupError(RuntimeError):
+    """A start-up failure explained by its message: no traceback needed."""
+
+
+class UnknownSDK(StartupError):
+    """The installed runpod SDK is not the one the kit's worker loop was written for."""
+
+
+def quiet_sdk_logs():
+    """INFO unless RUNPOD_DEBUG_LEVEL (or RUNPOD_LOG_LEVEL) says otherwise.
+
+    The SDK defaults to DEBUG: a line per poll and three per streamed chunk. It reads
+    the level when runpod is imported, so call this first.
+    """
+    os.environ.setdefault("RUNPOD_DEBUG_LEVEL", "INFO")
+
+
+def check_sdk(runpod):
+    """Raise UnknownSDK unless runpod's loop internals are the ones kit_job_scaler expects."""
+    from runpod.serverless import worker
+    from runpod.serverless.modules import rp_scale
+
+    problems = []
+    version = getattr(runpod, "__version__", "unknown")
+    if version != RUNPOD_VERSION:
+        problems.append(f"runpod is {version}, not {RUNPOD_VERSION}")
+    scaler = getattr(rp_scale, "JobScaler", None)
+    for name, params in _SCALER_API.items():
+        method = getattr(scaler, name, None)
+        if not callable(method):
+            problems.append(f"JobScaler.{name} is missing")
+        elif tuple(inspect.signature(method).parameters) != params:
+            problems.append(f"JobScaler.{name}{inspect.signature(method)} is not "
+                            f"{name}({', '.join(params)})")
+    uses = {  # what each must still refer to for the overrides to take effect
+        "JobScaler.get_jobs": (getattr(scaler, "get_jobs", None),
+                               ("set_scale", "current_occupancy", "jobs_fetcher")),
+        "JobScaler.__init__": (getattr(scaler, "__init__", None),
+                               ("jobs_queue", "job_progress", "current_concurrency")),
+        "worker.run_worker": (getattr(worker, "run_worker", None), ("rp_scale", "JobScaler")),
+    }
+    for where, (func, names) in uses.items():
+        code = getattr(func, "__code__", None)
+        missing = [n for n in names if code is None or n not in code.co_names]
+        if missing:
+            problems.append(f"{where} no longer uses {', '.join(missing)}")
+    if problems:
+        raise UnknownSDK(
+            f"the kit's worker loop was written for runpod=={RUNPOD_VERSION} and does not "
+            f"recognise this SDK ({'; '.join(problems)}). Install runpod=={RUNPOD_VERSION} "
+            f"(the kit's pin), or set {WORKER_LOOP_VAR}=sdk to run the SDK's own loop.")
+
+
+def kit_job_scaler(base):
+    """A subclass of the SDK's JobScaler (``base``) that fetches a job when a slot frees."""
+    from runpod.serverless.modules.rp_scale import log
+
+    class KitJobScaler(base):
+        """JobScaler that counts a taken job once, fetches when a job ends, starts at once."""
+
+        def __init__(self, config):
+            super().__init__(config)
+            self._job_ended = asyncio.Event()
+
+        def current_occupancy(self):
+            # job_progress holds every job from its take to its end; the SDK added
+            # the queue on top, counting a taken job twice until it started.
+            count = self.job_progress.get_job_count()
+            log.debug(f"JobScaler.status | concurrency: {self.current_concurrency}; "
+                      f"queue: {self.jobs_queue.qsize()}; jobs: {count}")
+            return count
+
+        async def set_scale(self):
+            # The first await of each get_jobs round. While the worker is full, wait
+            # for a job to end instead of get_jobs' fixed 1 s sleep. The 1 s timeout
+            # keeps the SDK's pace for a new concurrency value and for shutdown.
+            await super().set_scale()
+            while self.is_alive() and self.current_occupancy() >= self.current_concurrency:
+                self._job_ended.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._job_ended.wait(), 1.0)
+                await super().set_scale()
+
+        async def handle_job(self, session, job):
+            try:
+                await super().handle_job(session, job)
+            finally:
+                self._job_ended.set()  # after the SDK's own clean-up: the slot is free
+
+        async def run_jobs(self, session):
+            # The SDK's run_jobs, woken by a queued job instead of a 0.1 s tick. The
+            # 0.1 s timeout remains only to notice shutdown, as in the SDK.
+            tasks = set()
+            last_count = 0
+            while self.is_alive() or not self.jobs_queue.empty():
+                while len(tasks) < self.current_concurrency and not self.jobs_queue.empty():
+                    tasks.add(self._start_job(session, self.jobs_queue.get_nowait()))
+                if tasks and len(tasks) != last_count:
+                    log.info(f"Jobs in progress: {len(tasks)}")
+                    last_count = len(tasks)
+                waiting = set(tasks)
+                queued = None
+                if len(tasks) < self.current_concurrency:
+                    queued = asyncio.ensure_future(self.jobs_queue.get())
+                    waiting.add(queued)
+                done, _ = await asyncio.wait(waiting, timeout=0.1,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                tasks -= done
+                if queued is not None:
+                    if queued.done():
+                        tasks.add(self._start_job(session, queued.result()))
+                    else:
+                        queued.cancel()  # safe: a cancelled get() leaves the item queued
+            # Drain as the SDK does: stopped jobs end cancelled, real errors are logged.
+            for result in await asyncio.gather(*tasks, return_exceptions=True):
+                if isinstance(result, Exception) and not isinstance(
+                        result, asyncio.CancelledError):
+                    log.error(f"JobScaler.run_jobs | Task failed during shutdown drain: "
+                              f"{result}")
+
+        def _start_job(self, session, job):
+            task = asyncio.create_task(self.handle_job(session, job))
+            self.jobs_tasks[job["id"]] = task
+            return task
+
+    KitJobScaler.kit_loop = True
+    return KitJobScaler
+
+
+def install(runpod):
+    """Make runpod.serverless.start run the kit's loop; return "kit" or "sdk".
+
+    Call before runpod.serverless.start. Raises UnknownSDK for an SDK whose internals
+    differ, StartupError for a bad WORKER_LOOP.
+    """
+    from runpod.serverless.modules import rp_scale
+
+    raw = os.environ.get(WORKER_LOOP_VAR, "").strip()
+    choice = raw.lower() or "kit"
+    if choice not in ("kit", "sdk"):
+        raise StartupError(f"{WORKER_LOOP_VAR}={raw!r} is not valid: expected kit or sdk")
+    if choice == "kit" and not getattr(rp_scale.JobScaler, "kit_loop", False):
+        check_sdk(runpod)
+        # worker.run_worker builds rp_scale.JobScaler(config): this is the one change.
+        rp_scale.JobScaler = kit_job_scaler(rp_scale.JobScaler)
+    return choice
+
+
+def report_unhealthy(check, reason, timeout=2.0):
+    """Tell the platform why this worker is about to exit, as runpod 1.11 does.
+
+    One GET to the heartbeat URL with status=unhealthy, the check's name and the
+    reason. Best effort: returns False, never raises, when it cannot be sent.
+    """
+    url, key = os.environ.get("RUNPOD_WEBHOOK_PING"), os.environ.get("RUNPOD_AI_API_KEY")
+    worker_id = os.environ.get("RUNPOD_POD_ID")
+    if not url or url == "PING_NOT_SET" or not key or not worker_id:
+        return False
+    runpod = sys.modules.get("runpod")
+    query = urllib.parse.urlencode({
+        "status": "unhealthy", "check": check, "reason": reason[:256],
+        "runpod_version": getattr(runpod, "__version__", "unknown")})
+    url = url.replace("$RUNPOD_POD_ID", worker_id)
+    request = urllib.request.Request(url + ("&" if "?" in url else "?") + query,
+                                     headers={"Authorization": key})
+    try:
+        urllib.request.urlopen(request, timeout=timeout).close()
+        return True
+    except Exception:
+        return False
+
+
+def exit_now(code, check=None, reason=None):
+    """End this process now with ``code``: report, flush, kill children, os._exit.
+
+    sys.exit() only raises SystemExit; the interpreter then joins every non-daemon
+    thread (vLLM's engine threads among them) and can hang forever.
+    """
+    if reason:
+        print(f"worker exiting with code {code}: {reason}", file=sys.stderr, flush=True)
+        if code:
+            report_unhealthy(check or "start-up", reason)
+    for child in multiprocessing.active_children():  # vLLM's engine core, the heartbeat
+        with contextlib.suppress(Exception):
+            child.kill()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
+
+
+def _failed_check(exit):
+    """(check name, reason) of a fitness check the SDK exited on, else None.
+
+    runpod 1.10 calls sys.exit(1) inside the except block that caught the check's
+    error, so that error is the SystemExit's __context__.
+    """
+    error = exit.__context__
+    if error is None or isinstance(error, SystemExit):
+        return None
+    frames = [frame.name for frame in traceback.extract_tb(error.__traceback__)]
+    if "run_fitness_checks" not in frames:
+        return None
+    index = frames.index("run_fitness_checks") + 1
+    name = frames[index] if index < len(frames) else "fitness check"
+    return name, f"fitness check {name} failed: {type(error).__name__}: {error}"
+
+
+def serve_or_die(start_worker):
+    """Run start_worker(); if it fails, end the process promptly with a non-zero code.
+
+    A clean return (the SDK drained after SIGTERM) or sys.exit(0) exits as usual.
+    """
+    try:
+        start_worker()
+    except SystemExit as exit:
+        if exit.code is None or exit.code == 0:
+            raise
+        if isinstance(exit.code, str):  # a message for the user, e.g. a bad setting
+            exit_now(1, "start-up", exit.code)
+        check = _failed_check(exit)
+        if check is not None:
+            exit_now(exit.code if isinstance(exit.code, int) else 1, *check)
+        exit_now(exit.code if isinstance(exit.code, int) else 1, "start-up",
+                 f"exited with {exit.code!r} during start-up")
+    except StartupError as error:
+        exit_now(1, "start-up", str(error))
+    except KeyboardInterrupt:
+        exit_now(130)
+    except BaseException as error:
+        traceback.print_exc()
+        exit_now(1, "start-up", f"{type(error).__name__}: {error}")
+
+
 # %% worker start-up (from handler_template/handler.py.j2)
 def _exit_when_engine_dies(engine, stopping, interval=1.0):
     """Exit non-zero soon after vLLM's engine dies, so Runpod replaces this worker.
