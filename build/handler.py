@@ -103,8 +103,11 @@ class _SettingsParser(FlexibleArgumentParser):
 
 
 def _env_names(text):
-    """vLLM's messages name its flags; a worker's user sets variables."""
-    text = re.sub(r"^argument [^:]+: ", "", str(text).strip().splitlines()[0] if text else "")
+    """vLLM's messages name its flags; a worker's user sets variables. One line."""
+    lines = [line.strip() for line in str(text).strip().splitlines()] or [""]
+    if re.match(r"\d+ validation errors? for ", lines[-1] if len(lines) == 1 else lines[0]):
+        lines = [" ".join(lines[1:3])] if len(lines) > 1 else lines  # pydantic's: what and why
+    text = re.sub(r" \[type=.*", "", re.sub(r"^argument [^:]+: ", "", lines[0]))
     return re.sub(r"--(?:no-)?([a-z][a-z0-9-]*)", lambda m: m[1].replace("-", "_").upper(), text)
 
 
