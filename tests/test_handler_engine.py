@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from types import SimpleNamespace
 
@@ -18,27 +17,13 @@ MAX_MODEL_LEN = 256
 @pytest.fixture(scope="module")
 def handler(handler_path, tiny_model_dir):
     """handler.py imported with the tiny model; one engine for the whole module."""
-    saved = dict(os.environ)
-    os.environ.update(MODEL=str(tiny_model_dir), MAX_MODEL_LEN=str(MAX_MODEL_LEN))
-    try:
-        module = handler_module.load(handler_path, "handler_under_test")
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-    runner = asyncio.Runner()
-    module.load_engine()
-    module.run = lambda coro: runner.run(coro)
-    yield module
-    module._engine.shutdown()
-    runner.close()
-
-
-async def collect(handler, job_input, job_id="job"):
-    return [chunk async for chunk in handler.handler({"id": job_id, "input": job_input})]
+    with handler_module.running(handler_path, "handler_under_test", MODEL=str(tiny_model_dir),
+                                MAX_MODEL_LEN=str(MAX_MODEL_LEN)) as module:
+        yield module
 
 
 def run_job(handler, job_input):
-    return handler.run(collect(handler, job_input))
+    return handler.run(handler_module.collect(handler, job_input))
 
 
 @pytest.fixture
@@ -286,7 +271,7 @@ def test_an_unexpected_error_is_logged_and_the_client_gets_one_line_with_the_job
         handler, monkeypatch, capfd):
     exploding = ExplodingEngine(handler.load_engine(), tokens=1, step_s=0)
     monkeypatch.setattr(handler, "load_engine", lambda: exploding)
-    out = handler.run(collect(handler, {"prompt": "hi"}, job_id="job-42"))
+    out = handler.run(handler_module.collect(handler, {"prompt": "hi"}, job_id="job-42"))
     assert out == [{"error": "job job-42 failed with an internal error; the worker's log has "
                              "the details"}]
     log = capfd.readouterr().err
@@ -295,11 +280,12 @@ def test_an_unexpected_error_is_logged_and_the_client_gets_one_line_with_the_job
 
 def test_eight_concurrent_jobs_all_complete(handler):
     async def eight():
-        jobs = [collect(handler, {"prompt": f"job number {i}", "answerType": "stream",
-                                  "sampling_params": {"max_tokens": 16, "min_tokens": 16,
-                                                      "temperature": 0.8, "seed": i}},
-                        job_id=f"job-{i}")
-                for i in range(8)]
+        def job(i):
+            return {"prompt": f"job number {i}", "answerType": "stream",
+                    "sampling_params": {"max_tokens": 16, "min_tokens": 16,
+                                        "temperature": 0.8, "seed": i}}
+
+        jobs = [handler_module.collect(handler, job(i), job_id=f"job-{i}") for i in range(8)]
         return await asyncio.gather(*jobs)
 
     results = handler.run(eight())

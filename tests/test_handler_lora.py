@@ -6,9 +6,6 @@ that its greedy answer differs from the base model's.
 
 from __future__ import annotations
 
-import asyncio
-import os
-
 import pytest
 
 from llmkit import handler_module
@@ -34,29 +31,16 @@ def lora_dir(tiny_model_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def handler(handler_path, tiny_model_dir, lora_dir):
-    saved = dict(os.environ)
-    os.environ.update(MODEL=str(tiny_model_dir), MAX_MODEL_LEN="256", ENABLE_LORA="true",
-                      MAX_LORA_RANK="8", LORA_MODULES=f"tiny-lora={lora_dir}")
-    try:
-        module = handler_module.load(handler_path, "handler_lora_under_test")
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-    runner = asyncio.Runner()
-    module.load_engine()
-    module.run = lambda coro: runner.run(coro)
-    yield module
-    module._engine.shutdown()
-    runner.close()
+    with handler_module.running(handler_path, "handler_lora_under_test",
+                                MODEL=str(tiny_model_dir), MAX_MODEL_LEN="256",
+                                ENABLE_LORA="true", MAX_LORA_RANK="8",
+                                LORA_MODULES=f"tiny-lora={lora_dir}") as module:
+        yield module
 
 
 def call(handler, route, body=None):
     job_input = {"openai_route": route, **({"openai_input": body} if body else {})}
-
-    async def collect():
-        return [c async for c in handler.handler({"id": "lora", "input": job_input})]
-
-    return handler.run(collect())
+    return handler.run(handler_module.collect(handler, job_input, "lora"))
 
 
 def test_the_adapter_is_a_model_of_its_own_on_the_openai_route(handler, tiny_model_dir):

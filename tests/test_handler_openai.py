@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 
 import pytest
 
@@ -29,30 +28,16 @@ HI = [{"role": "user", "content": "Hi there"}]
 @pytest.fixture(scope="module")
 def handler(handler_path, tiny_model_dir):
     """handler.py imported with the tiny model; one engine for the whole module."""
-    saved = dict(os.environ)
-    os.environ.update(MODEL=str(tiny_model_dir), MAX_MODEL_LEN=str(MAX_MODEL_LEN),
-                      OPENAI_SERVED_MODEL_NAME_OVERRIDE=NAME, **SETTINGS)
-    try:
-        module = handler_module.load(handler_path, "handler_openai_under_test")
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-    runner = asyncio.Runner()
-    module.load_engine()
-    module.run = lambda coro: runner.run(coro)
-    yield module
-    module._engine.shutdown()
-    runner.close()
-
-
-async def collect(handler, job_input, job_id="job"):
-    return [chunk async for chunk in handler.handler({"id": job_id, "input": job_input})]
+    with handler_module.running(handler_path, "handler_openai_under_test",
+                                MODEL=str(tiny_model_dir), MAX_MODEL_LEN=str(MAX_MODEL_LEN),
+                                OPENAI_SERVED_MODEL_NAME_OVERRIDE=NAME, **SETTINGS) as module:
+        yield module
 
 
 def call(handler, route, body=None, job_id="job"):
     job_input = {"openai_route": route} if body is None else {"openai_route": route,
                                                              "openai_input": body}
-    return handler.run(collect(handler, job_input, job_id))
+    return handler.run(handler_module.collect(handler, job_input, job_id))
 
 
 def one_body(out):
@@ -190,7 +175,8 @@ def test_errors_come_back_in_openais_shape_and_fail_the_job(handler, route, body
 
 
 def test_an_unknown_field_next_to_the_route_is_refused(handler):
-    out = handler.run(collect(handler, {"openai_route": "/v1/models", "prompt": "hi"}))
+    job_input = {"openai_route": "/v1/models", "prompt": "hi"}
+    out = handler.run(handler_module.collect(handler, job_input))
     assert out[0]["error"]["code"] == 400 and "input.prompt" in out[0]["error"]["message"]
 
 

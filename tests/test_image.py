@@ -22,6 +22,8 @@ from pathlib import Path
 import image_harness as h
 import nbformat
 import pytest
+from browser import CHROMIUM
+from browser import launch as browser_launch
 
 from llmkit.endpoint.harness import EndpointProcess
 from llmkit.paths import REPO_ROOT
@@ -42,7 +44,6 @@ SHM = "--shm-size=1g"                       # vLLM needs more than Docker's 64 M
 FIGURES = REPO_ROOT / "build" / "image-figures.json"    # ignored by git
 SCREENSHOT = REPO_ROOT / "build" / "screenshots" / "image-playground.png"
 TESTS_JSON = json.loads((REPO_ROOT / ".runpod" / "tests.json").read_text())
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 figures: dict = {}
 build_logs: dict[str, str] = {}
@@ -348,11 +349,7 @@ def test_pod_playground_streams_an_answer_in_the_browser(pod):
     _, _, jupyter, workspace = pod
     assert (workspace / "notebooks" / "handler_dev.ipynb").is_file(), "seeded into /workspace"
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
-                  "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync"])
+        browser = browser_launch(p)
         try:
             page = browser.new_page(viewport={"width": 1440, "height": 1400})
             page.set_default_timeout(120_000)

@@ -11,16 +11,16 @@ README's picture, docs/jupyter-lab.png, on purpose.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+from browser import CHROMIUM
+from browser import launch as browser_launch
 from test_start_sh import base_env, launch, wait_for_jupyter
 
 from llmkit.paths import REPO_ROOT
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DOCS_SCREENSHOT = REPO_ROOT / "docs" / "jupyter-lab.png"
 SCREENSHOT = (DOCS_SCREENSHOT if os.environ.get("UPDATE_DOCS_SCREENSHOT") == "1"
               else REPO_ROOT / "build" / "jupyter-lab.png")
@@ -61,11 +61,7 @@ def test_log_in_and_open_the_development_notebook(jupyter):
     docs_before = git_status(DOCS_SCREENSHOT), DOCS_SCREENSHOT.read_bytes()
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (dev extra) missing")
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
-                  "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync"])
+        browser = browser_launch(p)
         try:
             page = browser.new_page(viewport={"width": 1440, "height": 900})
             page.set_default_timeout(60_000)

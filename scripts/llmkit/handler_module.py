@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
+import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 
@@ -18,3 +22,29 @@ def load(path: str | Path, name: str = "exported_handler") -> ModuleType:
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+@contextmanager
+def running(path: str | Path, name: str, **env: str) -> Iterator[ModuleType]:
+    """``path`` imported with ``env`` set while it reads its settings, its engine started,
+    and ``module.run(coro)`` to drive the handler; the engine is shut down on exit."""
+    saved = dict(os.environ)
+    os.environ.update(env)
+    try:
+        module = load(path, name)
+    finally:  # the settings are read at import: the rest of the process keeps its own
+        os.environ.clear()
+        os.environ.update(saved)
+    runner = asyncio.Runner()
+    module.load_engine()
+    module.run = runner.run
+    try:
+        yield module
+    finally:
+        module._engine.shutdown()
+        runner.close()
+
+
+async def collect(module: ModuleType, job_input, job_id: str = "job") -> list:
+    """Every chunk the handler yields for one job, as the worker would see them."""
+    return [chunk async for chunk in module.handler({"id": job_id, "input": job_input})]
