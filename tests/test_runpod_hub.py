@@ -4,8 +4,11 @@ test_image.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
+
+import pytest
 
 from llmkit.paths import REPO_ROOT
 
@@ -26,12 +29,19 @@ def test_hub_json_describes_a_serverless_listing():
         assert preset["name"] and set(preset["defaults"]) <= {e["key"] for e in config["env"]}
 
 
+@pytest.mark.vllm
 def test_every_hub_setting_is_one_the_image_reads():
-    """A knob in the Hub's form that nothing reads would silently do nothing."""
+    """A knob in the Hub's form that nothing reads would silently do nothing. The handler
+    reads the kit's own settings by name, and every vLLM engine argument by its UPPER_SNAKE
+    name (vLLM's own list)."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    engine_args = {f.name.upper() for f in dataclasses.fields(AsyncEngineArgs)}
     for entry in HUB["config"]["env"]:
         key, form = entry["key"], entry["input"]
         assert form["name"] and form["description"] and form["type"] in INPUT_TYPES, key
-        assert re.search(rf"\b{key}\b", READERS), f"{key}: read by neither handler nor start.sh"
+        assert key in engine_args or re.search(rf"\b{key}\b", READERS), \
+            f"{key}: read by neither handler nor start.sh, and no vLLM engine argument"
         for option in form.get("options", []):
             assert {"label", "value"} <= set(option), key
     modes = next(e for e in HUB["config"]["env"] if e["key"] == "MODE_TO_RUN")["input"]
