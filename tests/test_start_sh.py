@@ -544,6 +544,8 @@ def test_worker_completes_a_job_from_the_local_endpoint(tmp_path, endpoint, tiny
                    HANDLER_PATH=str(handler_path), CONCURRENCY_MODIFIER="2",
                    JUPYTER_PASSWORD="engine-test")
     env.update(worker_env(base, ENDPOINT_ID, f"startsh-{mode}", API_KEY))
+    # The SDK says it got SIGTERM only at DEBUG (the worker's default is INFO).
+    env["RUNPOD_DEBUG_LEVEL"] = "DEBUG"
     started = time.monotonic()
     run = launch(tmp_path, env)
     try:
