@@ -108,7 +108,15 @@ def _env_names(text):
     if re.match(r"\d+ validation errors? for ", lines[-1] if len(lines) == 1 else lines[0]):
         lines = [" ".join(lines[1:3])] if len(lines) > 1 else lines  # pydantic's: what and why
     text = re.sub(r" \[type=.*", "", re.sub(r"^argument [^:]+: ", "", lines[0]))
-    return re.sub(r"--(?:no-)?([a-z][a-z0-9-]*)", lambda m: m[1].replace("-", "_").upper(), text)
+    return flags_as_variables(text)
+
+
+def flags_as_variables(text, known=None):
+    """--tool-call-parser -> TOOL_CALL_PARSER (only the names in `known`, when given)."""
+    def variable(m):
+        name = m[1].replace("-", "_").upper()
+        return name if known is None or name in known else m[0]
+    return re.sub(r"--(?:no-)?([a-z][a-z0-9-]*)", variable, text)
 
 
 def _setting_argv(action, raw):
@@ -159,6 +167,9 @@ def engine_settings(environ):
     except (ValueError, TypeError) as err:
         raise SystemExit(f"vLLM refused the settings {_settings(used)}: "
                          f"{_env_names(str(err).removeprefix('Error: '))}") from None
+    if args.tool_call_parser and not args.enable_auto_tool_choice:  # allowed, but a trap
+        print("TOOL_CALL_PARSER has no effect without ENABLE_AUTO_TOOL_CHOICE=true: vLLM "
+              "refuses every tool_choice until both are set", file=sys.stderr, flush=True)
     return args, used
 
 
@@ -167,6 +178,7 @@ def _settings(used):
 
 
 SERVE_ARGS, ENGINE_SETTINGS = engine_settings(os.environ)
+SETTING_NAMES = {name.upper() for name in vars(SERVE_ARGS)}  # every variable vLLM reads
 # The engine arguments the kit and the environment set; the rest are `vllm serve`'s defaults.
 _serve_defaults = vars(make_arg_parser(_SettingsParser()).parse_args([]))
 ENGINE_ARGS = {k: v for k, v in vars(SERVE_ARGS).items()
@@ -618,7 +630,10 @@ async def openai_job(job_input, job_id):
         result = create_error_response(err)  # vLLM's own mapping of its errors to statuses
     if isinstance(result, ErrorResponse):
         done()
-        yield result.model_dump(mode="json")
+        error = result.model_dump(mode="json")
+        # vLLM names its flags ("requires --tool-call-parser"): say which variable to set.
+        error["error"]["message"] = flags_as_variables(error["error"]["message"], SETTING_NAMES)
+        yield error
     elif not hasattr(result, "__aiter__"):
         done()
         yield result.model_dump(mode="json")
