@@ -146,12 +146,16 @@ def fake_handler(tmp_path_factory) -> Path:
 def live_endpoint(tmp_path_factory, tiny_model_dir, handler_path):
     """One real worker (vLLM, tiny model, CONCURRENCY_MODIFIER=4), shared by all modules.
 
+    ENABLE_AUTO_TOOL_CHOICE and TOOL_CALL_PARSER (vLLM serving arguments, by their
+    variables) are set, so that the OpenAI route serves tool calls.
+
     Tests must leave it idle. A test that kills the worker uses ``live_to_kill``.
     """
     log = tmp_path_factory.mktemp("live-endpoint") / "endpoint.log"
     with EndpointProcess(workers=1, concurrency=4, model=tiny_model_dir, handler=handler_path,
                          endpoint_id="live", api_key="live-key", log_path=log,
-                         env={"MAX_MODEL_LEN": "2048"}) as endpoint:
+                         env={"MAX_MODEL_LEN": "2048", "ENABLE_AUTO_TOOL_CHOICE": "true",
+                              "TOOL_CALL_PARSER": "hermes"}) as endpoint:
         endpoint.wait_workers(timeout=600)  # minutes when the CPU is shared
         yield endpoint
 

@@ -68,18 +68,25 @@ def test_streamed_deltas_join_to_the_whole_greedy_answer(oa, model, kind):
     assert "".join(deltas) == whole
 
 
-def test_json_schema_response_format_gives_valid_json(oa, model, tiny_model_dir):
-    schema = {"type": "object", "additionalProperties": False, "required": ["answer", "n"],
-              "properties": {"answer": {"type": "string", "enum": ["yes", "no"]},
-                             "n": {"type": "integer", "minimum": 0, "maximum": 9}}}
-    # A random model, allowed whitespace between JSON tokens, may never stop: ban the
-    # whitespace tokens (logit_bias), so the schema alone decides the answer's shape.
+@pytest.fixture(scope="module")
+def no_blanks(tiny_model_dir) -> dict[str, int]:
+    """A logit_bias that bans the tokens that are only whitespace.
+
+    A random model, allowed whitespace between JSON tokens, may never stop: with these
+    banned, the schema alone decides the shape of a constrained answer."""
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     blank = {str(i): -100 for t, i in tokenizer.get_vocab().items()
              if not tokenizer.convert_tokens_to_string([t]).strip()}
     assert blank
+    return blank
+
+
+def test_json_schema_response_format_gives_valid_json(oa, model, no_blanks):
+    schema = {"type": "object", "additionalProperties": False, "required": ["answer", "n"],
+              "properties": {"answer": {"type": "string", "enum": ["yes", "no"]},
+                             "n": {"type": "integer", "minimum": 0, "maximum": 9}}}
     reply = oa.chat.completions.create(
-        model=model, messages=HI, max_tokens=60, temperature=0, logit_bias=blank,
+        model=model, messages=HI, max_tokens=60, temperature=0, logit_bias=no_blanks,
         response_format={"type": "json_schema",
                          "json_schema": {"name": "answer", "schema": schema}})
     assert reply.choices[0].finish_reason == "stop", reply.choices[0]
@@ -102,17 +109,47 @@ def test_n_choices_with_logprobs(oa, model):
     assert all(len(top) >= 3 for top in text.choices[0].logprobs.top_logprobs)
 
 
-def test_tool_calls_are_refused_cleanly_without_a_parser(oa, model):
-    tools = [{"type": "function", "function": {
-        "name": "get_weather", "parameters": {
-            "type": "object", "required": ["city"],
-            "properties": {"city": {"type": "string", "enum": ["Paris", "Rome"]}}}}}]
-    # The worker runs without TOOL_CALL_PARSER: vLLM refuses every tool choice with a 400.
-    for choice in ("auto", "required", {"type": "function",
-                                        "function": {"name": "get_weather"}}):
-        with pytest.raises(openai.BadRequestError, match="tool-call-parser"):
-            oa.chat.completions.create(model=model, messages=HI, max_tokens=20, tools=tools,
-                                       tool_choice=choice)
+WEATHER = {"type": "object", "required": ["city"], "additionalProperties": False,
+           "properties": {"city": {"type": "string", "enum": ["Paris", "Rome"]}}}
+# "strict": vLLM 0.32 holds the arguments to the schema only then (or TOOL_STRICT_LEVEL).
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "strict": True,
+                                           "parameters": WEATHER}},
+         {"type": "function", "function": {"name": "get_time", "strict": True, "parameters": {
+             "type": "object", "properties": {}, "additionalProperties": False}}}]
+NAMED = {"type": "function", "function": {"name": "get_weather"}}
+
+
+def test_tool_calls_named_required_and_auto(oa, model, no_blanks):
+    """The live worker runs with ENABLE_AUTO_TOOL_CHOICE=true and TOOL_CALL_PARSER=hermes. A
+    named or "required" tool choice makes vLLM constrain the answer to a call of that tool,
+    or of any tool, in the parser's format, so even a random model makes one."""
+    # One call ("required" allows several: a random model would go on to max_tokens).
+    args = {"model": model, "messages": HI, "max_tokens": 200, "temperature": 0,
+            "tools": TOOLS, "parallel_tool_calls": False, "logit_bias": no_blanks}
+    named = oa.chat.completions.create(tool_choice=NAMED, **args).choices[0]
+    [call] = named.message.tool_calls
+    assert call.type == "function" and call.function.name == "get_weather" and call.id
+    jsonschema.validate(json.loads(call.function.arguments), WEATHER)
+    # Streamed, the same call arrives as deltas: its name first, then its arguments (as
+    # the model wrote them; the whole answer re-serialises them).
+    chunks = list(oa.chat.completions.create(tool_choice=NAMED, stream=True, **args))
+    deltas = [t for c in chunks if c.choices for t in c.choices[0].delta.tool_calls or ()]
+    assert deltas and deltas[0].function.name == "get_weather"
+    streamed = "".join(d.function.arguments or "" for d in deltas)
+    assert json.loads(streamed) == json.loads(call.function.arguments)
+
+    required = oa.chat.completions.create(tool_choice="required", **args).choices[0]
+    assert required.finish_reason == "tool_calls", required
+    [call] = required.message.tool_calls
+    assert call.function.name in ("get_weather", "get_time")
+    arguments = json.loads(call.function.arguments)
+    if call.function.name == "get_weather":
+        jsonschema.validate(arguments, WEATHER)
+    # "auto": the model decides, in its own format (hermes: <tool_call> tags), which this
+    # random model does not write: a plain answer, parsed without error.
+    auto = oa.chat.completions.create(tool_choice="auto", **{**args, "max_tokens": 8})
+    assert auto.choices[0].message.tool_calls in (None, [])
+    assert isinstance(auto.choices[0].message.content, str)
 
 
 def test_errors_are_the_clients_own_exceptions(oa, model, live):
