@@ -152,9 +152,9 @@ def findings(results: dict) -> str:
                 f"**Time to first token.** The engine's first token takes {eng:.0f} ms, the "
                 f"handler's {hd:.0f} ms (the same within noise: its own code takes under a "
                 f"millisecond), and a client of the local endpoint sees it after {cl:.0f} "
-                "ms. The difference is the "
-                "queue and HTTP hops plus the SDK's `run_jobs` loop, which looks at its job "
-                "queue every 0.1 s (0-100 ms, 50 ms on average).")
+                "ms. The difference is the queue and HTTP hops: the kit's worker loop "
+                "starts a fetched job at once, where the SDK's `run_jobs` looks at its job "
+                "queue every 0.1 s (50 ms on average; benchmark 2).")
     ch = results.get("ttft_chunks", {})
     if ch.get("policies_gpu_5ms"):
         gpu = {(x["policy"], x["post_ms"]): x for x in ch["policies_gpu_5ms"]}
@@ -287,7 +287,7 @@ def compose(results: dict) -> str:
             f"- software: Python {m['python']}, {versions}",
             f"- model: {run['model']}; sampling: greedy, min_tokens = max_tokens, so every "
             "job generates the same number of tokens; prompts: 16 short chat questions "
-            "(bench/common.py), chat-templated",
+            "(bench/workload.py), chat-templated",
             "- engine: the handler's own ENGINE_ARGS defaults, except ENABLE_PREFIX_CACHING="
             "false, so that a prompt repeated across variants costs the same every time "
             "(cold start uses the defaults untouched)",

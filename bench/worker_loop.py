@@ -131,7 +131,7 @@ async def short_round(ep: BenchEndpoint, clients: int, per_client: int, tokens: 
 
     t0 = workload.now()
     await asyncio.gather(*(client(k) for k in range(clients)))
-    return {"jobs": jobs, "seconds": workload.now() - t0}
+    return {"jobs": jobs, "seconds": workload.now() - t0, "t0": t0}
 
 
 def measure_short(ctx: runner.Context, args, modifier: int, clients: int) -> dict:
@@ -158,7 +158,12 @@ def measure_short(ctx: runner.Context, args, modifier: int, clients: int) -> dic
             "jobs_s": stats.median([len(r["jobs"]) / r["seconds"] for r in rs]),
             "wait_p50_ms": stats.pct(waits, 50), "wait_p95_ms": stats.pct(waits, 95),
             "exec_ms": stats.median([(j["done"] - j["taken"]) * 1e3 for j in jobs]),
-            "jobs": len(jobs), "waits_ms": [round(w, 1) for w in waits]}
+            "jobs": len(jobs), "waits_ms": [round(w, 1) for w in waits],
+            # Each job's submit, take, end and reply, ms from its round's start: a wait
+            # in the tail can be traced to the jobs around it.
+            "timelines_ms": [[[round((j[k] - r["t0"]) * 1e3, 1)
+                               for k in ("submitted", "taken", "done", "replied")]
+                              for j in r["jobs"]] for r in rs]}
     return {"modifier": modifier, "clients": clients, "tokens": tokens,
             "jobs_per_client": per_client, "reps": reps, "rows": rows}
 
