@@ -346,7 +346,7 @@ def test_pod_ssh_takes_the_key_and_refuses_a_password(pod, ssh_key):
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (.ci/run installs it)")
 def test_pod_playground_streams_an_answer_in_the_browser(pod):
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (dev extra) missing")
-    _, _, jupyter, workspace = pod
+    container, _, jupyter, workspace = pod
     assert (workspace / "notebooks" / "handler_dev.ipynb").is_file(), "seeded into /workspace"
     with sync_api.sync_playwright() as p:
         browser = browser_launch(p)
@@ -357,10 +357,15 @@ def test_pod_playground_streams_an_answer_in_the_browser(pod):
             page.fill("#password_input", PASSWORD)
             page.click("#login_submit")
             page.wait_for_url("**/lab/tree/handler_dev.ipynb**")
-            page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").first.wait_for()
+            # The kernel connected and idle, as the status bar says ("... | Idle"): "Run All"
+            # clicked while it still connects can be dropped by JupyterLab.
+            page.get_by_text(re.compile(r"runpod-llm-kit\)\s*\|\s*Idle")).first.wait_for()
             # Run > Run All Cells: the engine starts in the kernel, the samples run.
             page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
             page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+            # The first cell runs at once ([*] or [1]), or something is wrong: say so now.
+            page.locator(".jp-InputPrompt", has_text=re.compile(r"\[[*0-9]+\]")).first.wait_for(
+                timeout=60_000)
             go = page.get_by_role("button", name="Generate")
             SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
             try:
@@ -368,7 +373,11 @@ def test_pod_playground_streams_an_answer_in_the_browser(pod):
             except sync_api.TimeoutError:
                 page.screenshot(path=str(SCREENSHOT.with_name("image-playground-timeout.png")),
                                 full_page=True)
-                raise
+                # What stopped "Run All": a cell's error, or the kernel's death in the log.
+                errors = [t for t in page.locator(".jp-OutputArea-output").all_inner_texts()
+                          if "Error" in t or "Traceback" in t]
+                pytest.fail(f"the playground never appeared; cell errors: {errors[-2:]}\n"
+                            f"container log: {container.logs()[-4000:]}")
             # The last cell prints the samples' summary once everything has run.
             page.locator(".jp-OutputArea-output", has_text='"stream_text"').first.wait_for(
                 timeout=600_000)
