@@ -38,7 +38,12 @@ def wait_ready(queue: EndpointClient, proc_alive, timeout: float = 900) -> None:
 
 
 def wait_gone(queue: EndpointClient) -> None:
-    while sum(queue.health()["workers"].values()):
+    """Until no worker can take a job. (A worker that stopped polling stays counted, as
+    unhealthy, once the endpoint declares it lost.)"""
+    while True:
+        workers = queue.health()["workers"]
+        if not workers["idle"] + workers["running"]:
+            return
         time.sleep(0.5)
 
 
