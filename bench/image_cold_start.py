@@ -26,11 +26,17 @@ from llmkit.paths import REPO_ROOT
 DOCKER = os.environ.get("DOCKER", "docker")
 
 
+def takers(queue: EndpointClient) -> int:
+    """Workers that can take a job. (A worker that stopped polling stays in /health's
+    counts, as unhealthy, once the endpoint declares it lost.)"""
+    workers = queue.health()["workers"]
+    return workers["idle"] + workers["running"]
+
+
 def wait_ready(queue: EndpointClient, proc_alive, timeout: float = 900) -> None:
     deadline = time.monotonic() + timeout
     while True:
-        workers = queue.health()["workers"]
-        if workers["idle"] + workers["running"]:
+        if takers(queue):
             return
         if not proc_alive() or time.monotonic() > deadline:
             raise RuntimeError("the worker did not start")
@@ -38,12 +44,7 @@ def wait_ready(queue: EndpointClient, proc_alive, timeout: float = 900) -> None:
 
 
 def wait_gone(queue: EndpointClient) -> None:
-    """Until no worker can take a job. (A worker that stopped polling stays counted, as
-    unhealthy, once the endpoint declares it lost.)"""
-    while True:
-        workers = queue.health()["workers"]
-        if not workers["idle"] + workers["running"]:
-            return
+    while takers(queue):
         time.sleep(0.5)
 
 
