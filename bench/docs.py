@@ -131,8 +131,9 @@ def findings(results: dict) -> str:
     short = {s["modifier"]: s["rows"] for s in wl.get("short", [])}
     if short:
         waits = "; ".join(
-            f"modifier {m}: p50 {r['kit loop']['wait_p50_ms']:.0f} ms against "
-            f"{r['SDK loop']['wait_p50_ms']:.0f} ms, {r['kit loop']['jobs_s']:.2f} short "
+            f"modifier {m}: p50/p95 {r['kit loop']['wait_p50_ms']:.0f}/"
+            f"{r['kit loop']['wait_p95_ms']:.0f} ms against {r['SDK loop']['wait_p50_ms']:.0f}/"
+            f"{r['SDK loop']['wait_p95_ms']:.0f} ms, {r['kit loop']['jobs_s']:.2f} short "
             f"jobs/s against {r['SDK loop']['jobs_s']:.2f}" for m, r in sorted(short.items()))
         items.append(
             "**The SDK's job-fetch loop idles up to a second between jobs; the kit's does "

@@ -73,3 +73,16 @@ def test_slot_waits_count_from_a_free_slot_or_the_jobs_arrival():
     two = [dict(submitted=0.0, taken=0.0, done=1.0), dict(submitted=0.0, taken=0.0, done=3.0),
            dict(submitted=0.0, taken=1.5, done=2.0)]
     assert [round(w, 3) for w in slot_waits(two, 2)] == [0.0, 0.0, 0.5]
+
+
+def test_slot_waits_survive_a_take_stamped_just_before_the_end_that_freed_its_slot():
+    """Times rebuilt from whole-ms delayTime/executionTime: the take of the job that
+    got the freed slot can sort 2 ms before that end. No wait may grow to a job's
+    length (1 s here) because of it."""
+    from bench.worker_loop import slot_waits
+
+    jobs = [dict(submitted=0.0, taken=0.0, done=1.0),
+            dict(submitted=0.0, taken=0.998, done=2.0),   # 2 ms "before" the slot freed
+            dict(submitted=0.0, taken=2.01, done=3.0),
+            dict(submitted=0.0, taken=3.005, done=4.0)]
+    assert [round(w, 3) for w in slot_waits(jobs, 1)] == [0.0, 0.0, 0.01, 0.005]
