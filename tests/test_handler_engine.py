@@ -84,14 +84,17 @@ def test_stream_chunks_are_spaced_by_a_growing_interval_and_the_first_is_not_hel
     timed = handler.run(timed_chunks(handler, {"prompt": "hi", "answerType": "stream"}))
     times, texts = [t for t, _ in timed], [c["text"] for _, c in timed]
     assert "".join(texts) == "".join(f" t{i}" for i in range(80))
-    # The first token leaves at once, alone.
-    assert texts[0] == " t0" and times[0] < 0.15, timed[:2]
-    # Then the gaps between chunks are 0.1, 0.2, 0.4, 0.4 ... s (the last chunk, the
-    # answer's end, may come sooner): posts grow with time, not with tokens.
+    # The first token leaves at once, alone: held for the first interval (0.1 s), it
+    # would carry the next few tokens with it.
+    assert texts[0] == " t0", timed[:2]
+    # Then the gaps between chunks are at least 0.1, 0.2, 0.4, 0.4 ... s (the last chunk,
+    # the answer's end, may come sooner): posts grow with time, not with tokens. Only
+    # the lower bounds: a slow scheduler tick can stretch a gap, never shorten one. The
+    # count below bounds them from above as a whole.
     start, cap = interval[0] / 1000, interval[1] / 1000
     want = [min(start * 2 ** k, cap) for k in range(len(times) - 1)]
     gaps = [b - a for a, b in zip(times[:-1], times[1:], strict=True)]
-    assert all(w * 0.95 <= g <= w + 0.25 for g, w in zip(gaps[:-1], want, strict=False)), gaps
+    assert all(w * 0.95 <= g for g, w in zip(gaps[:-1], want, strict=False)), gaps
     assert 5 <= len(timed) <= 4 + (times[-1] - 0.7) / cap + 2, times
 
 

@@ -103,10 +103,16 @@ def test_n_choices_with_logprobs(oa, model):
         assert len(choice.logprobs.content) == 6
         for position in choice.logprobs.content:
             assert position.logprob <= 0 and len(position.top_logprobs) == 2
-    text = oa.completions.create(model=model, prompt="Once", max_tokens=4, logprobs=3,
+    text = oa.completions.create(model=model, prompt="Once", max_tokens=4, logprobs=3, seed=7,
                                  extra_body={"min_tokens": 4})
-    assert len(text.choices[0].logprobs.tokens) == 4
-    assert all(len(top) >= 3 for top in text.choices[0].logprobs.top_logprobs)
+    logprobs = text.choices[0].logprobs
+    assert len(logprobs.tokens) == len(logprobs.token_logprobs) == 4
+    assert len(logprobs.top_logprobs) == 4
+    # The legacy API keys top_logprobs by token *text*: two ids that decode alike share a
+    # key, so a position can hold fewer than 3. What it promises: the 3 best (and the
+    # sampled token), as text -> logprob, each a log-probability.
+    for top in logprobs.top_logprobs:
+        assert 1 <= len(top) <= 4 and all(v <= 0 for v in top.values()), top
 
 
 WEATHER = {"type": "object", "required": ["city"], "additionalProperties": False,
