@@ -682,7 +682,9 @@ only every 0.1 s. So a queued job waits up to 1.1 s after a slot frees.
 * a taken job counts once (`current_occupancy`);
 * a full worker fetches as soon as a job ends, not on the next 1 s tick (`set_scale`,
   the first await of every `get_jobs` round, returns when there is room);
-* a fetched job starts at once, not on `run_jobs`' next 0.1 s tick.
+* a fetched job starts at once, not on `run_jobs`' next 0.1 s tick;
+* on SIGTERM the open job-take and job-stop long-polls are cut short (they hold no job
+  yet), instead of the SDK waiting for each to time out before it exits.
 
 Everything else is the SDK's own: the job-take and batch requests, the back-off when
 the queue is empty or down, per-job stop, the heartbeat, the SIGTERM drain.
@@ -702,6 +704,7 @@ import inspect
 import multiprocessing
 import os
 import sys
+import time
 import traceback
 import urllib.parse
 import urllib.request
@@ -710,6 +713,8 @@ import urllib.request
 RUNPOD_VERSION = "1.10.0"
 # "kit" (the default) or "sdk" (the SDK's own loop, unchanged).
 WORKER_LOOP_VAR = "WORKER_LOOP"
+# Set to 1 to log the kit loop's timeline: each job's end, take and start, and each fetch.
+TRACE_VAR = "WORKER_LOOP_TRACE"
 # The JobScaler methods the kit's loop overrides or calls, with their parameters.
 _SCALER_API = {
     "set_scale": ("self",),
@@ -718,6 +723,7 @@ _SCALER_API = {
     "run_jobs": ("self", "session"),
     "handle_job": ("self", "session", "job"),
     "is_alive": ("self",),
+    "kill_worker": ("self",),
 }
 
 
@@ -759,7 +765,10 @@ def check_sdk(runpod):
         "JobScaler.get_jobs": (getattr(scaler, "get_jobs", None),
                                ("set_scale", "current_occupancy", "jobs_fetcher")),
         "JobScaler.__init__": (getattr(scaler, "__init__", None),
-                               ("jobs_queue", "job_progress", "current_concurrency")),
+                               ("jobs_queue", "job_progress", "current_concurrency",
+                                "jobs_fetcher", "stop_signals_fetcher", "_shutdown_event")),
+        "JobScaler.monitor_stop_signals": (getattr(scaler, "monitor_stop_signals", None),
+                                           ("stop_signals_fetcher",)),
         "worker.run_worker": (getattr(worker, "run_worker", None), ("rp_scale", "JobScaler")),
     }
     for where, (func, names) in uses.items():
@@ -784,6 +793,46 @@ def kit_job_scaler(base):
         def __init__(self, config):
             super().__init__(config)
             self._job_ended = asyncio.Event()
+            self._taking = True  # get_jobs runs: it may still queue a job it took
+            if os.environ.get(TRACE_VAR, "").strip() in ("1", "true"):
+                self._trace = _trace
+                self.jobs_fetcher = _traced_fetcher(self.jobs_fetcher)
+            self.jobs_fetcher = self._until_shutdown(self.jobs_fetcher)
+            self.stop_signals_fetcher = self._until_shutdown(self.stop_signals_fetcher)
+
+        def _until_shutdown(self, fetch):
+            """``fetch`` (a queue long-poll), cut short when the worker is told to stop.
+
+            A cut poll raises TimeoutError, which both SDK loops take as "nothing came,
+            look again", and then they see the worker is stopping. Hanging up hands
+            nothing out: the queue keeps what it had not yet sent.
+            """
+            async def fetch_or_stop(*args):
+                if not self.is_alive():
+                    raise asyncio.TimeoutError
+                fetching = asyncio.ensure_future(fetch(*args))
+                stopping = asyncio.ensure_future(self._shutdown_event.wait())
+                try:
+                    await asyncio.wait({fetching, stopping},
+                                       return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    stopping.cancel()
+                if not fetching.done():
+                    fetching.cancel()
+                    raise asyncio.TimeoutError
+                return fetching.result()  # a reply that beat the stop is used
+            return fetch_or_stop
+
+        def kill_worker(self):
+            # SIGTERM (the SDK's handler): stop fetching, drain what runs, exit.
+            super().kill_worker()
+            self._job_ended.set()  # wakes set_scale if it waits for a free slot
+
+        async def get_jobs(self, session):
+            try:
+                await super().get_jobs(session)
+            finally:
+                self._taking = False
 
         def current_occupancy(self):
             # job_progress holds every job from its take to its end; the SDK added
@@ -804,18 +853,23 @@ def kit_job_scaler(base):
                     await asyncio.wait_for(self._job_ended.wait(), 1.0)
                 await super().set_scale()
 
+        def _trace(self, event, job_id=""):
+            pass  # replaced by the module's _trace when WORKER_LOOP_TRACE is on
+
         async def handle_job(self, session, job):
             try:
                 await super().handle_job(session, job)
             finally:
                 self._job_ended.set()  # after the SDK's own clean-up: the slot is free
+                self._trace("ended", job["id"])
 
         async def run_jobs(self, session):
             # The SDK's run_jobs, woken by a queued job instead of a 0.1 s tick. The
             # 0.1 s timeout remains only to notice shutdown, as in the SDK.
             tasks = set()
             last_count = 0
-            while self.is_alive() or not self.jobs_queue.empty():
+            # Until get_jobs ends: a job it took just before a SIGTERM is still run.
+            while self.is_alive() or self._taking or not self.jobs_queue.empty():
                 while len(tasks) < self.current_concurrency and not self.jobs_queue.empty():
                     tasks.add(self._start_job(session, self.jobs_queue.get_nowait()))
                 if tasks and len(tasks) != last_count:
@@ -842,12 +896,26 @@ def kit_job_scaler(base):
                               f"{result}")
 
         def _start_job(self, session, job):
+            self._trace("started", job["id"])
             task = asyncio.create_task(self.handle_job(session, job))
             self.jobs_tasks[job["id"]] = task
             return task
 
     KitJobScaler.kit_loop = True
     return KitJobScaler
+
+
+def _trace(event, job_id=""):
+    print(f"loop-trace {time.time():.4f} {event} {job_id}", file=sys.stderr, flush=True)
+
+
+def _traced_fetcher(fetch):
+    async def traced(session, count):
+        _trace("fetch", count)
+        jobs = await fetch(session, count)
+        _trace("fetched", ",".join(job["id"] for job in jobs or ()))
+        return jobs
+    return traced
 
 
 def install(runpod):
@@ -929,16 +997,36 @@ def _failed_check(exit):
     return name, f"fitness check {name} failed: {type(error).__name__}: {error}"
 
 
+def stop_engine(engine):
+    """After the SDK drained on SIGTERM: shut vLLM's engine down, in order, now.
+
+    Left to the interpreter's exit, vLLM stops its engine core from atexit hooks and
+    __del__, waits for it to go, and fails half way ("Exception ignored in
+    AsyncLLM.__del__"): 10-16 s on a 2-core host, past `docker stop`'s 10 s grace.
+    """
+    started = time.monotonic()
+    try:
+        engine.shutdown()
+    except Exception as error:  # exiting anyway: say so, and let exit_now kill it
+        print(f"vLLM's engine did not shut down cleanly: {type(error).__name__}: {error}",
+              file=sys.stderr, flush=True)
+    print(f"worker drained; vLLM's engine shut down in {time.monotonic() - started:.1f} s",
+          file=sys.stderr, flush=True)
+
+
 def serve_or_die(start_worker):
     """Run start_worker(); if it fails, end the process promptly with a non-zero code.
 
-    A clean return (the SDK drained after SIGTERM) or sys.exit(0) exits as usual.
+    A clean return (the SDK drained after SIGTERM) or sys.exit(0) ends the process with
+    0 at once: its work is done, and the interpreter's own exit would join vLLM's
+    threads and run its finalizers.
     """
     try:
         start_worker()
+        exit_now(0)
     except SystemExit as exit:
         if exit.code is None or exit.code == 0:
-            raise
+            exit_now(0)
         if isinstance(exit.code, str):  # a message for the user, e.g. a bad setting
             exit_now(1, "start-up", exit.code)
         check = _failed_check(exit)
@@ -1007,9 +1095,11 @@ def _start_worker():
         )
     finally:
         stopping.set()  # a requested shutdown: vLLM stops its engine on purpose
+    stop_engine(load_engine())  # drained after SIGTERM: stop vLLM in order, then exit
 
 
 if __name__ == "__main__":
     # A failed start-up (a fitness check, a bad setting, a broken engine) ends the
-    # process at once with a non-zero code, not hanging on vLLM's threads.
+    # process at once with a non-zero code, not hanging on vLLM's threads; a drained
+    # worker exits 0 at once.
     serve_or_die(_start_worker)

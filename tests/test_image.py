@@ -233,14 +233,19 @@ def test_serverless_runs_the_hub_test_cases(queue, worker, case):
     assert text_of(state).strip(), state
 
 
-def test_serverless_docker_stop_exits_zero(queue, worker):
+def test_serverless_docker_stop_exits_zero_within_dockers_grace(queue, worker):
+    """`docker stop` with its default 10 s grace: the idle worker drains, stops vLLM's
+    engine in order and exits 0 before the SIGKILL (which would read 137)."""
     queue.wait_idle()
-    assert worker.stop(timeout=60) == 0, worker.logs()[-3000:]
-    # vLLM's AsyncLLM.__del__ prints an "Exception ignored" traceback while Python tears
-    # down (its globals are gone by then); anything else would be the kit's.
-    logs = re.sub(r"Exception ignored in: <function AsyncLLM\.__del__.*?\n\w+(Error|Exception)\b"
-                  r"[^\n]*\n", "", worker.logs(), flags=re.S)
-    assert "Traceback" not in logs, logs[-3000:]
+    started = time.monotonic()
+    code = worker.stop(timeout=10)
+    took = time.monotonic() - started
+    record(container_sigterm_exit_s=round(took, 1))
+    print(f"docker stop of an idle serverless container: exit {code} after {took:.1f} s")
+    logs = worker.logs()
+    assert code == 0, logs[-3000:]
+    assert "vLLM's engine shut down in" in logs, logs[-3000:]
+    assert "Traceback" not in logs and "Exception ignored" not in logs, logs[-3000:]
 
 
 def test_a_worker_whose_engine_cannot_start_exits_non_zero_with_the_cause(base_image, queue):

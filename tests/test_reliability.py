@@ -226,6 +226,29 @@ def test_sigterm_lets_running_jobs_end_cleanly(pair):
     assert wait_exited(pair, worker["id"])["exitReason"] == "exited with code 0"
 
 
+def test_sigterm_on_an_idle_worker_exits_in_seconds_without_a_traceback(pair):
+    """As Runpod scales a worker down: SIGTERM, no job running. The kit's loop cuts its
+    open queue polls short and stops vLLM's engine in order: about 4 s here, where the
+    interpreter's own exit took 10-16 s and printed vLLM's AsyncLLM.__del__ error. The
+    bound is `docker stop`'s default grace."""
+    pair.wait_workers(2)
+    pair.wait_idle()
+    victim = next(w for w in pair.workers() if w["state"] == "ready")
+    mark = len(pair.log_text())
+    worker = psutil.Process(victim["pid"])
+    started = time.monotonic()
+    worker.send_signal(signal.SIGTERM)
+    worker.wait(60)
+    took = time.monotonic() - started
+    print(f"an idle worker exited {took:.1f} s after SIGTERM")
+    assert wait_exited(pair, victim["id"])["exitReason"] == "exited with code 0"
+    tag = f"[{victim['id']}]"
+    lines = [line for line in pair.log_text()[mark:].splitlines() if line.startswith(tag)]
+    assert any("vLLM's engine shut down in" in line for line in lines), lines[-20:]
+    assert not [line for line in lines if "Traceback" in line or "Exception ignored" in line]
+    assert took < 10, lines[-20:]
+
+
 def test_an_engine_that_dies_makes_its_worker_exit_non_zero_within_seconds(pair):
     pair.wait_workers(2)
     victim = next(w for w in pair.workers() if w["state"] != "exited")

@@ -53,9 +53,12 @@ def test_at_modifier_1_the_next_job_starts_when_the_last_ends(tmp_path, fake_han
         endpoint.stop()
     gaps = [nxt[0] - prev[1] for prev, nxt in zip(runs, runs[1:], strict=False)]
     assert all(g > 0 for g in gaps), gaps  # one at a time
+    # The gaps are a few ms on a quiet machine; how fast is benchmark 2's to say. The test
+    # shows only what tells the loops apart, which one slow scheduler tick cannot undo:
+    # the SDK sleeps a second whenever it is full, the kit's loop never does.
     if loop == "kit":
-        assert max(gaps) < 0.2, gaps
-    else:  # the SDK sleeps a second whenever it is full
+        assert statistics.median(gaps) < 0.2 and max(gaps) < 0.8, gaps
+    else:
         assert statistics.median(gaps) > 0.5, gaps
 
 
@@ -72,7 +75,7 @@ def test_at_modifier_2_two_jobs_submitted_together_run_together(tmp_path, fake_h
         endpoint.stop()
     if loop == "kit":
         assert b0 < a1 and a0 < b1  # they overlap
-        assert b0 - a0 < 0.3, (a0, b0)
+        assert b0 - a0 < 0.7, (a0, b0)  # b was sent 0.1 s after a: no idle second
     else:  # `a`, taken but not yet started, counted twice: "full" for a second
         assert b0 - a0 > 0.5, (a0, b0)
 
@@ -120,6 +123,31 @@ def test_an_empty_queue_is_long_polled_not_hammered(tmp_path, fake_handler):
     finally:
         endpoint.stop()
     assert polls <= 3, polls
+
+
+def test_sigterm_cuts_the_open_queue_polls_short(tmp_path, fake_handler):
+    """An idle worker has a job-take and a job-stop poll open, each held up to 5 s by
+    the endpoint (as the platform holds them). The SDK's loop waits for both before it
+    exits; the kit's hangs up and exits at once."""
+    import psutil
+
+    endpoint = _endpoint(tmp_path, fake_handler, 2, "kit")
+    try:
+        time.sleep(1)  # both polls are open
+        first = endpoint.workers()[0]
+        worker = psutil.Process(first["pid"])
+        started = time.monotonic()
+        worker.terminate()
+        worker.wait(30)  # not our child: psutil cannot read its code; the endpoint can
+        took = time.monotonic() - started
+        assert endpoint.wait_final(endpoint.run({"chunks": 1}), timeout=60)["status"] \
+            == "COMPLETED"  # the endpoint's replacement worker: no job was lost
+        exited = next(w for w in endpoint.workers() if w["id"] == first["id"])
+    finally:
+        endpoint.stop()
+    assert exited["exitReason"] == "exited with code 0", exited
+    assert took < 3, took
+    assert "Traceback" not in endpoint.log_text()
 
 
 # ---- start-up: refusing an unknown SDK, bad settings ------------------------------
