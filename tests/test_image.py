@@ -233,6 +233,33 @@ def test_serverless_runs_the_hub_test_cases(queue, worker, case):
     assert text_of(state).strip(), state
 
 
+def test_serverless_serves_each_openai_feature_and_keeps_its_engine(queue, worker):
+    """The requests of test_reliability's host check, against the container: a logprobs
+    request once killed the CPU image's engine (no C++ compiler for torch's Inductor)."""
+    import openai
+    import openai_features
+
+    client = openai.OpenAI(base_url=f"{queue.base}/{queue.endpoint_id}/openai/v1",
+                           api_key=queue.api_key, max_retries=0, timeout=300)
+    model = client.models.list().data[0].id
+    started = time.monotonic()
+    first = client.chat.completions.create(model=model, messages=openai_features.HI,
+                                           max_tokens=8, logprobs=True, top_logprobs=2)
+    first_s = time.monotonic() - started
+    assert first.choices[0].logprobs.content, first
+    started = time.monotonic()
+    client.chat.completions.create(model=model, messages=openai_features.HI, max_tokens=8,
+                                   logprobs=True, top_logprobs=2)
+    record(container_first_logprobs_s=round(first_s, 2),
+           container_later_logprobs_s=round(time.monotonic() - started, 2))
+    outcomes = openai_features.send_each(client, model)
+    print(outcomes)
+    openai_features.check_outcomes(outcomes)
+    assert worker.state()["Running"] and worker.state()["RestartCount"] == 0
+    assert "EngineDeadError" not in worker.logs() and "InvalidCxxCompiler" not in worker.logs()
+    assert text_of(run_job(queue, {"prompt": "hi", "sampling_params": {"max_tokens": 4}}))
+
+
 def test_serverless_docker_stop_exits_zero_within_dockers_grace(queue, worker):
     """`docker stop` with its default 10 s grace: the idle worker drains, stops vLLM's
     engine in order and exits 0 before the SIGKILL (which would read 137)."""

@@ -11,6 +11,8 @@ import os
 import signal
 import time
 
+import openai
+import openai_features
 import psutil
 import pytest
 import requests
@@ -115,6 +117,22 @@ def test_hostile_inputs_fail_clearly_and_the_worker_keeps_serving(live):
         assert good["status"] == "COMPLETED", good
         assert [set(c) for c in good["output"]] == [{"text"}], good
     # The same worker process served everything: nothing crashed or restarted.
+    assert [w["pid"] for w in live.workers() if w["state"] != "exited"] == pids_before
+
+
+def test_one_request_of_each_openai_feature_leaves_the_worker_serving(live):
+    """Each feature the OpenAI route offers, once: none may end the worker (in the CPU
+    image a logprobs request once killed vLLM's engine). tests/test_image.py runs the
+    same requests against the container."""
+    pids_before = [w["pid"] for w in live.workers() if w["state"] != "exited"]
+    client = openai.OpenAI(base_url=f"{live.base}/{live.endpoint_id}/openai/v1",
+                           api_key=live.api_key, max_retries=0, timeout=120)
+    model = client.models.list().data[0].id
+    outcomes = openai_features.send_each(client, model)
+    print(outcomes)
+    openai_features.check_outcomes(outcomes)
+    assert outcomes["tool, named"] == "ok"  # the live worker runs with a tool parser
+    assert live.wait_status(live.run(GOOD), timeout=120)["status"] == "COMPLETED"
     assert [w["pid"] for w in live.workers() if w["state"] != "exited"] == pids_before
 
 
