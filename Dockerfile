@@ -45,11 +45,11 @@ ENV PIP_BREAK_SYSTEM_PACKAGES=1
 # openssh-server for pod mode; tini as PID 1 reaps the zombies that Jupyter's
 # kernels and SSH sessions leave, and passes the container's signals on.
 # The CPU base brings no Python: Debian's python3 and pip, and libnuma1, without
-# which vLLM's CPU build fails to import (libnuma.so.1). And g++: vLLM compiles some
-# functions with torch's Inductor at run time (the sampler's logprobs ranks, on the
-# first request that asks for logprobs), which on the CPU needs a C++ compiler;
-# without one that request kills the engine. vLLM's own CPU image carries gcc/g++
-# too; the GPU base (vllm-openai, x86-64) has build-essential. docs/IMAGE.md.
+# which vLLM's CPU build fails to import (libnuma.so.1). And g++ with Python's
+# headers: vLLM compiles some functions with torch's Inductor at run time (the
+# sampler's logprobs ranks, on the first request that asks for logprobs), which on
+# the CPU builds C++ that includes Python.h; without either, that request kills the
+# engine. vLLM's own images carry both. docs/IMAGE.md has the figures.
 # The host keys the package generates are deleted: start.sh makes a fresh set in
 # each container, so no two pods share a key anyone who pulled the image could read.
 # Not pinned to package versions (DL3008): the archives drop superseded
@@ -57,7 +57,7 @@ ENV PIP_BREAK_SYSTEM_PACKAGES=1
 # ${extra} is a list of packages, split on purpose (SC2086).
 # hadolint ignore=DL3008,SC2086
 RUN if [ "$DEVICE" = cpu ]; then \
-        extra="python3 python3-pip python3-venv ca-certificates libnuma1 g++"; \
+        extra="python3 python3-pip python3-venv ca-certificates libnuma1 g++ python3-dev"; \
     elif [ "$DEVICE" = gpu ]; then extra=""; \
     else echo "DEVICE=${DEVICE}: expected gpu or cpu" >&2; exit 1; fi \
     && apt-get update \
