@@ -135,6 +135,34 @@ class FakeWorker:
                             params={"job_id": ",".join(job_ids), "runpod_version": "test"})
 
 
+def cancel_while_generating(endpoint: EndpointClient, job_input: dict, attempts: int = 5):
+    """Submit ``job_input``, cancel it once its first chunk has streamed, and return
+    (job id, the handler's abort log line: match group 1 is vLLM's running count).
+
+    On a fast CPU the tiny model can finish a whole job before the stop reaches the
+    worker: the endpoint then logs the worker's late result as ignored, and there is
+    nothing to abort. Only that lost race is tried again (a fresh job); a stop that
+    reached a generating job must show the abort, or this fails.
+    """
+    for _ in range(attempts):
+        job_id = endpoint.run(job_input)
+        while not (part := endpoint.json("GET", f"stream/{job_id}"))["stream"]:
+            assert part["status"] in ("IN_QUEUE", "IN_PROGRESS"), part
+        if part["status"] != "IN_PROGRESS":
+            continue  # done before its first chunk was read
+        reply = endpoint.json("POST", f"cancel/{job_id}")
+        if reply["status"] == "COMPLETED":
+            continue  # it ended between that read and the cancel
+        assert reply == {"id": job_id, "status": "CANCELLED"}, reply
+        found = endpoint.wait_for_log(
+            rf"job {job_id} stopped: vLLM request {job_id}-\w+ aborted \((\d+) request\(s\) "
+            rf"still running\)|job {job_id}: late result from \S+ ignored", timeout=60)
+        if "late result" not in found.group(0):
+            return job_id, found
+    raise AssertionError(f"every one of {attempts} jobs ended before its stop reached the "
+                         f"worker: make the job longer")
+
+
 @pytest.fixture(scope="session")
 def fake_handler(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("fake-handler") / "handler.py"

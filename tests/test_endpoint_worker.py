@@ -19,6 +19,9 @@ from llmkit.endpoint.jobs import FINAL
 from llmkit.job_inputs import exact_tokens
 from llmkit.processes import alive
 
+pytest.register_assert_rewrite("endpoint_fixtures")  # before the import, to rewrite its asserts
+from endpoint_fixtures import cancel_while_generating  # noqa: E402
+
 pytest_plugins = ["endpoint_fixtures"]
 pytestmark = pytest.mark.engine
 
@@ -91,16 +94,10 @@ def test_four_jobs_run_at_once_with_concurrency_modifier_4(live):
 
 
 def test_cancel_aborts_the_generation_in_vllm(live):
-    job_id = live.run(exact_tokens(LONG))
-    received = 0
-    while received < 3:  # generation is under way
-        part = live.json("GET", f"stream/{job_id}")
-        received += len(part["stream"])
-        assert part["status"] == "IN_PROGRESS", part
-    assert live.json("POST", f"cancel/{job_id}") == {"id": job_id, "status": "CANCELLED"}
+    job_id, aborted = cancel_while_generating(live, exact_tokens(LONG))
     # The worker got the stop, the SDK cancelled the task, and the handler aborted the
-    # request in vLLM: nothing is left generating (it had ~2000 tokens to go).
-    assert _abort_line(live, job_id).group(1) == "0"
+    # request in vLLM: nothing is left generating (it had up to ~2000 tokens to go).
+    assert aborted.group(1) == "0"
     assert live.status(job_id)["status"] == "CANCELLED"
     # The engine is free: a short job goes straight through.
     started = time.monotonic()
