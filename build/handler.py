@@ -478,10 +478,15 @@ def _tie_to_job(engine, request_id, job_id):
     state = {"finished": False}
 
     def abort_if_cancelled(task):
-        if task.cancelled() and not state["finished"]:
-            abort = asyncio.ensure_future(_abort(engine, request_id, job_id))
-            _aborts.add(abort)
-            abort.add_done_callback(_aborts.discard)
+        if not task.cancelled():
+            return
+        if state["finished"]:  # stopped while its last chunk was being posted
+            print(f"job {job_id} stopped: vLLM request {request_id} had already finished, "
+                  f"nothing to abort", flush=True)
+            return
+        abort = asyncio.ensure_future(_abort(engine, request_id, job_id))
+        _aborts.add(abort)
+        abort.add_done_callback(_aborts.discard)
 
     task = asyncio.current_task()
     if task is not None:

@@ -135,14 +135,23 @@ class FakeWorker:
                             params={"job_id": ",".join(job_ids), "runpod_version": "test"})
 
 
+def stop_line(endpoint: EndpointClient, job_id: str, timeout: float = 30):
+    """The handler's log line once a stopped job's task has ended. Match group 1 is
+    vLLM's running count after the abort; it is None when vLLM had already finished the
+    request (the stop came while the job's last chunk was being posted)."""
+    return endpoint.wait_for_log(
+        rf"job {job_id} stopped: vLLM request {job_id}-\w+ (?:aborted \((\d+) request\(s\) "
+        rf"still running\)|had already finished)", timeout=timeout)
+
+
 def cancel_while_generating(endpoint: EndpointClient, job_input: dict, attempts: int = 5):
     """Submit ``job_input``, cancel it once its first chunk has streamed, and return
     (job id, the handler's abort log line: match group 1 is vLLM's running count).
 
     On a fast CPU the tiny model can finish a whole job before the stop reaches the
-    worker: the endpoint then logs the worker's late result as ignored, and there is
-    nothing to abort. Only that lost race is tried again (a fresh job); a stop that
-    reached a generating job must show the abort, or this fails.
+    worker: the endpoint then logs the worker's late result as ignored, or the handler
+    logs that there was nothing to abort. Only that lost race is tried again (a fresh
+    job); a stop that reached a generating job must show the abort, or this fails.
     """
     for _ in range(attempts):
         job_id = endpoint.run(job_input)
@@ -155,9 +164,10 @@ def cancel_while_generating(endpoint: EndpointClient, job_input: dict, attempts:
             continue  # it ended between that read and the cancel
         assert reply == {"id": job_id, "status": "CANCELLED"}, reply
         found = endpoint.wait_for_log(
-            rf"job {job_id} stopped: vLLM request {job_id}-\w+ aborted \((\d+) request\(s\) "
-            rf"still running\)|job {job_id}: late result from \S+ ignored", timeout=60)
-        if "late result" not in found.group(0):
+            rf"job {job_id} stopped: vLLM request {job_id}-\w+ (?:aborted \((\d+) request\(s\) "
+            rf"still running\)|had already finished)|job {job_id}: late result from \S+ ignored",
+            timeout=60)
+        if found.group(1) is not None:
             return job_id, found
     raise AssertionError(f"every one of {attempts} jobs ended before its stop reached the "
                          f"worker: make the job longer")
@@ -182,7 +192,7 @@ def live_endpoint(tmp_path_factory, tiny_model_dir, handler_path):
     log = tmp_path_factory.mktemp("live-endpoint") / "endpoint.log"
     with EndpointProcess(workers=1, concurrency=4, model=tiny_model_dir, handler=handler_path,
                          endpoint_id="live", api_key="live-key", log_path=log,
-                         env={"MAX_MODEL_LEN": "2048", "ENABLE_AUTO_TOOL_CHOICE": "true",
+                         env={"MAX_MODEL_LEN": "8192", "ENABLE_AUTO_TOOL_CHOICE": "true",
                               "TOOL_CALL_PARSER": "hermes"}) as endpoint:
         endpoint.wait_workers(timeout=600)  # minutes when the CPU is shared
         yield endpoint

@@ -159,7 +159,7 @@ def test_tool_calls_named_required_and_auto(oa, model, no_blanks):
 
 
 def test_errors_are_the_clients_own_exceptions(oa, model, live):
-    long_prompt = [{"role": "user", "content": "hello " * 3000}]  # MAX_MODEL_LEN is 2048
+    long_prompt = [{"role": "user", "content": "hello " * 10000}]  # MAX_MODEL_LEN is 8192
     cases = [
         (openai.NotFoundError, "The model `nope` does not exist",
          lambda: oa.chat.completions.create(model="nope", messages=HI)),

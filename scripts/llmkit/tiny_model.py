@@ -8,6 +8,7 @@ as it should be: tests check the plumbing, not the prose.
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 import tempfile
@@ -28,15 +29,20 @@ _CORPUS = [
 ] * 20
 
 
+# Long enough for a test job that outlasts a 5 s execution timeout on a fast CPU.
+MAX_POSITIONS = 8192
+
+
 def default_dir() -> Path:
     return cache_dir() / "models" / "tiny-llama"
 
 
 def build(dest: Path | None = None, seed: int = 0) -> Path:
-    """Write the model to ``dest`` (atomically) unless it is already there."""
+    """Write the model to ``dest`` (atomically) unless it is already there, as built now."""
     dest = Path(dest or default_dir())
-    if (dest / "config.json").is_file():
+    if _current(dest / "config.json"):
         return dest
+    shutil.rmtree(dest, ignore_errors=True)  # an older build of the model
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -59,7 +65,7 @@ def build(dest: Path | None = None, seed: int = 0) -> Path:
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256,
         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=64,
-        max_position_embeddings=2048, bos_token_id=tokenizer.bos_token_id,
+        max_position_embeddings=MAX_POSITIONS, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=True,
     )
@@ -72,11 +78,16 @@ def build(dest: Path | None = None, seed: int = 0) -> Path:
         try:
             scratch.rename(dest)
         except OSError:
-            if not (dest / "config.json").is_file():
+            if not _current(dest / "config.json"):
                 raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return dest
+
+
+def _current(config: Path) -> bool:
+    return (config.is_file()
+            and json.loads(config.read_text()).get("max_position_embeddings") == MAX_POSITIONS)
 
 
 if __name__ == "__main__":
