@@ -13,6 +13,10 @@ import pytest
 from llmkit import tiny_model
 from llmkit.paths import REPO_ROOT
 
+# Fixture modules the tests also import by name: rewrite their asserts, as pytest does
+# for test modules (this must come before any of them is imported).
+pytest.register_assert_rewrite("endpoint_fixtures", "image_fixtures")
+
 # Tests never reach a model hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -1,7 +1,9 @@
 """Fixtures for the local endpoint (run by llmkit.endpoint.harness): fake and real workers.
 
 Loaded with ``pytest_plugins = ["endpoint_fixtures"]`` so that the session-scoped
-live endpoint (one real vLLM worker on the tiny model) is shared by every module.
+live endpoint (one real vLLM worker on the tiny model) is shared by every module, and
+so is its twin in the kit's CPU image (``live_container``). A test that takes ``served``
+runs against both.
 """
 
 from __future__ import annotations
@@ -9,10 +11,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import image_fixtures
 import pytest
 import requests
 
 from llmkit.endpoint.harness import EndpointClient, EndpointProcess
+
+pytest_plugins = ["image_fixtures"]  # base_image, for live_container
 
 # A worker that needs no vLLM: the kit's worker loop (the SDK's production loop, with
 # llmkit.worker_loop's timing; WORKER_LOOP=sdk for the SDK's own) around a toy async
@@ -180,20 +185,23 @@ def fake_handler(tmp_path_factory) -> Path:
     return path
 
 
+# The live worker's settings (vLLM serving arguments, by their variables): the OpenAI
+# route serves tool calls; a job can be long enough to outlast an execution timeout.
+LIVE_SETTINGS = {"MAX_MODEL_LEN": "8192", "ENABLE_AUTO_TOOL_CHOICE": "true",
+                 "TOOL_CALL_PARSER": "hermes"}
+
+
 @pytest.fixture(scope="session")
 def live_endpoint(tmp_path_factory, tiny_model_dir, handler_path):
-    """One real worker (vLLM, tiny model, CONCURRENCY_MODIFIER=4), shared by all modules.
-
-    ENABLE_AUTO_TOOL_CHOICE and TOOL_CALL_PARSER (vLLM serving arguments, by their
-    variables) are set, so that the OpenAI route serves tool calls.
+    """One real worker (vLLM, tiny model, CONCURRENCY_MODIFIER=4, ``LIVE_SETTINGS``),
+    shared by all modules.
 
     Tests must leave it idle. A test that kills the worker uses ``live_to_kill``.
     """
     log = tmp_path_factory.mktemp("live-endpoint") / "endpoint.log"
     with EndpointProcess(workers=1, concurrency=4, model=tiny_model_dir, handler=handler_path,
                          endpoint_id="live", api_key="live-key", log_path=log,
-                         env={"MAX_MODEL_LEN": "8192", "ENABLE_AUTO_TOOL_CHOICE": "true",
-                              "TOOL_CALL_PARSER": "hermes"}) as endpoint:
+                         env=LIVE_SETTINGS) as endpoint:
         endpoint.wait_workers(timeout=600)  # minutes when the CPU is shared
         yield endpoint
 
@@ -204,6 +212,39 @@ def live(live_endpoint) -> EndpointProcess:
     live_endpoint.wait_workers(timeout=400)
     live_endpoint.wait_idle()
     return live_endpoint
+
+
+@pytest.fixture(scope="session")
+def live_container(tmp_path_factory, base_image, tiny_model_dir):
+    """The live endpoint's twin: the same model (mounted) and settings, served by a
+    serverless container of the kit's CPU image instead of a worker on the host."""
+    mounts, model = image_fixtures.mount_model(tiny_model_dir)
+    settings = {**LIVE_SETTINGS, **model, "CONCURRENCY_MODIFIER": "4"}
+    with image_fixtures.container_endpoint(tmp_path_factory, base_image, "live-container",
+                                           settings, mounts, endpoint_id="live",
+                                           api_key="live-key") as endpoint:
+        yield endpoint
+
+
+@pytest.fixture(params=["host", pytest.param("container", marks=image_fixtures.NEEDS_IMAGE)])
+def served(request) -> EndpointProcess:
+    """The live endpoint, idle, worked on the host (``live``) or in the image
+    (``live_container``): a test that takes it runs against both."""
+    if request.param == "host":
+        return request.getfixturevalue("live")
+    endpoint = request.getfixturevalue("live_container")
+    endpoint.wait_idle()
+    return endpoint
+
+
+def serving_processes(endpoint: EndpointProcess) -> list:
+    """What stays the same while an endpoint's workers keep serving: their process ids
+    on the host; in the image, the container's start (the worker is its process 1)."""
+    container = getattr(endpoint, "container", None)
+    if container is not None:
+        state = container.state()
+        return [container.id, state["StartedAt"]] if state["Running"] else []
+    return [w["pid"] for w in endpoint.workers() if w["state"] != "exited"]
 
 
 @pytest.fixture

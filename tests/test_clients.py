@@ -13,15 +13,13 @@ import threading
 import time
 
 import pytest
+from endpoint_fixtures import FakeWorker
 
 from llmkit.endpoint.config import DEV_API_KEY
 from llmkit.endpoint.harness import EndpointClient, EndpointProcess
 from llmkit.endpoint.jobs import FINAL
 from llmkit.job_inputs import exact_tokens
 from llmkit.paths import REPO_ROOT
-
-pytest.register_assert_rewrite("endpoint_fixtures")  # before the import, to rewrite its asserts
-from endpoint_fixtures import FakeWorker  # noqa: E402
 
 pytest_plugins = ["endpoint_fixtures"]
 

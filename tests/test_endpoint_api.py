@@ -12,12 +12,10 @@ import time
 
 import pytest
 import requests
+from endpoint_fixtures import FakeWorker
 
 from llmkit.endpoint import worker_env, worker_key
 from llmkit.endpoint.harness import EndpointProcess
-
-pytest.register_assert_rewrite("endpoint_fixtures")  # before the import, to rewrite its asserts
-from endpoint_fixtures import FakeWorker  # noqa: E402
 
 pytest_plugins = ["endpoint_fixtures"]
 MB = 1024 * 1024

@@ -14,13 +14,11 @@ import time
 
 import psutil
 import pytest
+from endpoint_fixtures import cancel_while_generating, stop_line
 
 from llmkit.endpoint.jobs import FINAL
 from llmkit.job_inputs import exact_tokens
 from llmkit.processes import alive
-
-pytest.register_assert_rewrite("endpoint_fixtures")  # before the import, to rewrite its asserts
-from endpoint_fixtures import cancel_while_generating, stop_line  # noqa: E402
 
 pytest_plugins = ["endpoint_fixtures"]
 pytestmark = pytest.mark.engine

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shlex
 import shutil
 import subprocess
 import sys
@@ -24,73 +23,36 @@ import nbformat
 import pytest
 from browser import CHROMIUM
 from browser import launch as browser_launch
+from image_fixtures import (
+    DUMMY_TOKEN,
+    IMAGE,
+    MODEL,
+    SHM,
+    TESTS_JSON,
+    build_flags,
+    build_logs,
+    make,
+    record,
+    serverless_container,
+    wait_no_worker,
+    wait_worker,
+    worker_env,
+)
 
 from llmkit.endpoint.harness import EndpointProcess
 from llmkit.paths import REPO_ROOT
 
+pytest_plugins = ["image_fixtures"]
 pytestmark = [
     pytest.mark.image,
     pytest.mark.skipif(h.engine_problem() is not None, reason=f"image tests: "
                        f"{h.engine_problem()}"),
 ]
 
-IMAGE = "llmkit-test/kit"
-MODEL = "SmolLM2-135M-Instruct"
-TAG = f"{MODEL}-cpu"                       # `make image DEVICE=cpu`'s tag
-BASE = f"{IMAGE}:{TAG}"
-# A dummy gated-model token: it must end up in no layer, history or config.
-DUMMY_TOKEN = "hf_llmkitDummySecret7f3a9c01e5d2"
-SHM = "--shm-size=1g"                       # vLLM needs more than Docker's 64 MiB
-FIGURES = REPO_ROOT / "build" / "image-figures.json"    # ignored by git
 SCREENSHOT = REPO_ROOT / "build" / "screenshots" / "image-playground.png"
-TESTS_JSON = json.loads((REPO_ROOT / ".runpod" / "tests.json").read_text())
-
-figures: dict = {}
-build_logs: dict[str, str] = {}
 
 
-def record(**values) -> None:
-    """Measured figures, printed and kept in build/image-figures.json for docs/IMAGE.md."""
-    figures.update(values)
-    FIGURES.parent.mkdir(exist_ok=True)
-    FIGURES.write_text(json.dumps(figures, indent=2))
-
-
-def make(*args: str, cwd: Path = REPO_ROOT, timeout: float = 3600) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("MODEL", "HF_TOKEN", "DEVICE")}
-    return subprocess.run(["make", "--no-print-directory", *args, f"DOCKER={h.DOCKER}"],
-                          cwd=cwd, env={**env, "DOCKER_BUILDKIT": "1"}, capture_output=True,
-                          text=True, timeout=timeout)
-
-
-def build_flags() -> str:
-    # --network host: the build reaches the wheel server on 127.0.0.1.
-    return shlex.join(["--network", "host", *h.stand_in_build_args()])
-
-
-# --- 1. build ------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def base_image(tmp_path_factory) -> str:
-    """`make image DEVICE=cpu` with the embedded model and a dummy HF_TOKEN secret."""
-    token = tmp_path_factory.mktemp("secret") / "hf_token"
-    token.write_text(DUMMY_TOKEN)
-    start = time.monotonic()
-    result = make("image", "DEVICE=cpu", f"IMAGE={IMAGE}", f"MODEL={MODEL}",
-                  f"HF_TOKEN_FILE={token}", f"BUILD_FLAGS={build_flags()}")
-    seconds = time.monotonic() - start
-    log = result.stdout + result.stderr
-    assert result.returncode == 0, log[-8000:]
-    assert f"--secret id=HF_TOKEN,src={token}" in log
-    build_logs[BASE] = log
-    cached = len(re.findall(r"^#\d+ CACHED$", log, re.M))
-    layers = h.layers(BASE)
-    record(base_build_s=round(seconds), base_build_cached_steps=cached,
-           base_size=h.image_size(BASE),
-           base_layers=[[size, h.short_step(step)] for size, step in layers if size])
-    print(h.report(h.Build(BASE, seconds, log, layers)), f"\n({cached} steps from cache)")
-    return BASE
-
+# --- 1. build (the base_image fixture: image_fixtures.py) -------------------------------
 
 @pytest.mark.timeout(3600)  # a first build on 2 busy cores: pip alone takes 10-20 min
 def test_build_bakes_the_embedded_model_offline(base_image):
@@ -143,48 +105,12 @@ def test_the_build_secret_is_in_no_layer_history_or_config(base_image, tmp_path)
 
 # --- 3. serverless ---------------------------------------------------------------------
 
-def worker_env(endpoint: EndpointProcess) -> dict[str, str]:
-    """The worker environment the endpoint prints for a worker started elsewhere."""
-    line = endpoint.wait_for_log(r"worker env: (.*)").group(1)
-    return dict(item.split("=", 1) for item in shlex.split(line))
-
-
 @pytest.fixture(scope="module")
 def queue(tmp_path_factory):
     """The local endpoint with no workers of its own (queue only)."""
     log = tmp_path_factory.mktemp("image-endpoint") / "endpoint.log"
     with EndpointProcess(workers=0, endpoint_id="image", log_path=log) as endpoint:
         yield endpoint
-
-
-def serverless_container(image: str, endpoint: EndpointProcess, *run_args: str,
-                         **env) -> h.Container:
-    config_env = {e["key"]: e["value"] for e in TESTS_JSON["config"]["env"]}
-    return h.Container(image, "--network", "host", *run_args,
-                       env={**worker_env(endpoint), **config_env, **env})
-
-
-def wait_worker(endpoint: EndpointProcess, container: h.Container, timeout: float = 900) -> float:
-    """Seconds from `docker run` until the worker polls the queue."""
-    deadline = time.monotonic() + timeout
-    while True:
-        workers = endpoint.health()["workers"]
-        if workers["idle"] + workers["running"] >= 1:
-            return time.monotonic() - container.started
-        assert container.running(), f"the worker exited\n{container.logs()[-5000:]}"
-        assert time.monotonic() < deadline, f"no worker\n{container.logs()[-5000:]}"
-        time.sleep(0.2)
-
-
-def wait_no_worker(endpoint: EndpointProcess, timeout: float = 60) -> None:
-    """Until no worker polls (a removed container's worker is then counted as unhealthy)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        workers = endpoint.health()["workers"]
-        if not workers["idle"] + workers["running"]:
-            return
-        assert time.monotonic() < deadline, workers
-        time.sleep(0.5)
 
 
 def run_job(endpoint: EndpointProcess, job_input: dict, timeout: float = 300) -> dict:

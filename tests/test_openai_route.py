@@ -1,6 +1,7 @@
 """The OpenAI route end to end: the official `openai` client, by base_url alone, against
 the local endpoint, whose real worker (the runpod SDK's loop around build/handler.py)
-serves it with vLLM's own OpenAI layer on the real CPU engine (tiny random model).
+serves it with vLLM's own OpenAI layer on the real CPU engine (tiny random model). Each
+test runs twice: with that worker on the host, and in a container of the kit's CPU image.
 
 The model is random, so answers are checked by shape, and by agreement between two
 ways of asking (streamed deltas against the whole answer, greedy)."""
@@ -22,10 +23,10 @@ HI = [{"role": "user", "content": "Hello there"}]
 
 
 @pytest.fixture
-def oa(live: EndpointProcess) -> openai.OpenAI:
+def oa(served: EndpointProcess) -> openai.OpenAI:
     # The base URL and the key are all a user changes. No retries: one job per call.
-    return openai.OpenAI(base_url=f"{live.base}/{live.endpoint_id}/openai/v1",
-                         api_key=live.api_key, max_retries=0, timeout=120)
+    return openai.OpenAI(base_url=f"{served.base}/{served.endpoint_id}/openai/v1",
+                         api_key=served.api_key, max_retries=0, timeout=120)
 
 
 @pytest.fixture
@@ -158,7 +159,7 @@ def test_tool_calls_named_required_and_auto(oa, model, no_blanks):
     assert isinstance(auto.choices[0].message.content, str)
 
 
-def test_errors_are_the_clients_own_exceptions(oa, model, live):
+def test_errors_are_the_clients_own_exceptions(oa, model, served):
     long_prompt = [{"role": "user", "content": "hello " * 10000}]  # MAX_MODEL_LEN is 8192
     cases = [
         (openai.NotFoundError, "The model `nope` does not exist",
@@ -177,4 +178,4 @@ def test_errors_are_the_clients_own_exceptions(oa, model, live):
         assert "Traceback" not in err.value.message and ".py" not in err.value.message
     # The worker keeps serving.
     assert oa.chat.completions.create(model=model, messages=HI, max_tokens=2).choices
-    assert live.health()["workers"]["unhealthy"] == 0
+    assert served.health()["workers"]["unhealthy"] == 0

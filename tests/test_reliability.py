@@ -16,13 +16,11 @@ import openai_features
 import psutil
 import pytest
 import requests
+from endpoint_fixtures import cancel_while_generating, serving_processes
 
 from llmkit import load
 from llmkit.endpoint.harness import EndpointProcess
 from llmkit.job_inputs import exact_tokens
-
-pytest.register_assert_rewrite("endpoint_fixtures")  # before the import, to rewrite its asserts
-from endpoint_fixtures import cancel_while_generating  # noqa: E402
 
 pytest_plugins = ["endpoint_fixtures"]
 pytestmark = pytest.mark.engine
@@ -55,7 +53,7 @@ HOSTILE = [
     ({"prompt": "lone \ud800 surrogate"}, "input.prompt is not valid Unicode"),
     ({"prompt": "\udfff"}, "input.prompt is not valid Unicode"),
     ({"prompt": "x" * 3_000_000}, "input.prompt is 3000000 characters, far over MAX_MODEL_LEN"),
-    ({"prompt": "fox dog " * 1500}, "leaves no room to answer"),
+    ({"prompt": "fox dog " * 5000}, "leaves no room to answer"),  # 10002 tokens
     ({"prompt": "hi", "answerType": "STREAM"}, "input.answerType must be 'stream' or 'normal'"),
     ({"prompt": "hi", "answerType": ""}, "input.answerType must be 'stream' or 'normal'"),
     ({"prompt": "hi", "answerType": None}, "input.answerType must be 'stream' or 'normal'"),
@@ -107,36 +105,37 @@ def test_there_are_at_least_50_hostile_inputs():
     assert len(HOSTILE) >= 50
 
 
-def test_hostile_inputs_fail_clearly_and_the_worker_keeps_serving(live):
-    pids_before = [w["pid"] for w in live.workers() if w["state"] != "exited"]
+def test_hostile_inputs_fail_clearly_and_the_worker_keeps_serving(served):
+    """On the host and in the image (``served``)."""
+    serving = serving_processes(served)
     for job_input, expected in HOSTILE:
-        bad = live.wait_status(live.run(job_input), timeout=120)
+        bad = served.wait_status(served.run(job_input), timeout=120)
         assert bad["status"] == "FAILED", (job_input if len(str(job_input)) < 200 else "...", bad)
         assert expected in bad["error"], (expected, bad["error"])
         assert len(bad["error"]) < 300 and "Traceback" not in bad["error"]
-        good = live.wait_status(live.run(GOOD), timeout=120)
+        good = served.wait_status(served.run(GOOD), timeout=120)
         # One {"text": ...} (normal mode). The tiny random model's 4 tokens may decode to
         # an empty string, so the text itself is not checked.
         assert good["status"] == "COMPLETED", good
         assert [set(c) for c in good["output"]] == [{"text"}], good
     # The same worker process served everything: nothing crashed or restarted.
-    assert [w["pid"] for w in live.workers() if w["state"] != "exited"] == pids_before
+    assert serving_processes(served) == serving
 
 
-def test_one_request_of_each_openai_feature_leaves_the_worker_serving(live):
+def test_one_request_of_each_openai_feature_leaves_the_worker_serving(served):
     """Each feature the OpenAI route offers, once: none may end the worker (in the CPU
-    image a logprobs request once killed vLLM's engine). tests/test_image.py runs the
-    same requests against the container."""
-    pids_before = [w["pid"] for w in live.workers() if w["state"] != "exited"]
-    client = openai.OpenAI(base_url=f"{live.base}/{live.endpoint_id}/openai/v1",
-                           api_key=live.api_key, max_retries=0, timeout=120)
+    image a logprobs request once killed vLLM's engine). On the host and in the image;
+    tests/test_image.py sends the same requests to the embedded model."""
+    serving = serving_processes(served)
+    client = openai.OpenAI(base_url=f"{served.base}/{served.endpoint_id}/openai/v1",
+                           api_key=served.api_key, max_retries=0, timeout=120)
     model = client.models.list().data[0].id
     outcomes = openai_features.send_each(client, model)
     print(outcomes)
     openai_features.check_outcomes(outcomes)
     assert outcomes["tool, named"] == "ok"  # the live worker runs with a tool parser
-    assert live.wait_status(live.run(GOOD), timeout=120)["status"] == "COMPLETED"
-    assert [w["pid"] for w in live.workers() if w["state"] != "exited"] == pids_before
+    assert served.wait_status(served.run(GOOD), timeout=120)["status"] == "COMPLETED"
+    assert serving_processes(served) == serving
 
 
 @pytest.mark.parametrize("body, status, message", [
