@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from llmkit import worker_loop
+from llmkit import tiny_model, worker_loop
 from llmkit.endpoint.harness import EndpointProcess
 from llmkit.processes import alive
 
@@ -27,9 +27,11 @@ LOOPS = ["kit", "sdk"]
 
 
 def _endpoint(tmp_path, handler, modifier: int, loop: str, *extra) -> EndpointProcess:
+    # The toy handler loads no model, but the endpoint resolves MODEL for its workers:
+    # the tiny one, or it would convert the embedded model first (minutes on 2 cores).
     endpoint = EndpointProcess(workers=1, concurrency=modifier, handler=handler, args=extra,
-                               log_path=tmp_path / "endpoint.log", endpoint_id="loop",
-                               env={"WORKER_LOOP": loop}).start()
+                               model=tiny_model.build(), log_path=tmp_path / "endpoint.log",
+                               endpoint_id="loop", env={"WORKER_LOOP": loop}).start()
     endpoint.wait_workers(timeout=120)
     return endpoint
 
@@ -265,7 +267,7 @@ def test_an_unknown_sdk_stops_start_up_with_a_clear_message(handler_path, tiny_m
 
 STUCK_WORKER = textwrap.dedent("""
     import asyncio, sys, threading, time
-    from llmkit import worker_loop
+    from llmkit import tiny_model, worker_loop
     import runpod
     from runpod.serverless.modules.rp_fitness import run_fitness_checks
 
