@@ -140,13 +140,16 @@ class FakeWorker:
                             params={"job_id": ",".join(job_ids), "runpod_version": "test"})
 
 
+def _stopped(job_id: str) -> str:
+    return (rf"job {job_id} stopped: vLLM request {job_id}-\w+ (?:aborted \((\d+) request\(s\) "
+            rf"still running\)|had already finished)")
+
+
 def stop_line(endpoint: EndpointClient, job_id: str, timeout: float = 30):
     """The handler's log line once a stopped job's task has ended. Match group 1 is
     vLLM's running count after the abort; it is None when vLLM had already finished the
     request (the stop came while the job's last chunk was being posted)."""
-    return endpoint.wait_for_log(
-        rf"job {job_id} stopped: vLLM request {job_id}-\w+ (?:aborted \((\d+) request\(s\) "
-        rf"still running\)|had already finished)", timeout=timeout)
+    return endpoint.wait_for_log(_stopped(job_id), timeout=timeout)
 
 
 def cancel_while_generating(endpoint: EndpointClient, job_input: dict, attempts: int = 5):
@@ -169,9 +172,7 @@ def cancel_while_generating(endpoint: EndpointClient, job_input: dict, attempts:
             continue  # it ended between that read and the cancel
         assert reply == {"id": job_id, "status": "CANCELLED"}, reply
         found = endpoint.wait_for_log(
-            rf"job {job_id} stopped: vLLM request {job_id}-\w+ (?:aborted \((\d+) request\(s\) "
-            rf"still running\)|had already finished)|job {job_id}: late result from \S+ ignored",
-            timeout=60)
+            rf"{_stopped(job_id)}|job {job_id}: late result from \S+ ignored", timeout=60)
         if found.group(1) is not None:
             return job_id, found
     raise AssertionError(f"every one of {attempts} jobs ended before its stop reached the "
