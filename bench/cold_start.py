@@ -2,8 +2,8 @@
 
 Each case runs in a fresh process, one after the other:
 - handler: what a worker does (`python build/handler.py` minus the job loop): import
-  vLLM and handler.py, then, as handler.py's `__main__` footer does, import the runpod
-  SDK in a thread while load_engine() runs, then one stream job;
+  vLLM and handler.py, then, as the runtime's serve() does, import the runpod SDK in a
+  thread while the engine starts, then one stream job;
 - raw vLLM: import vLLM, AsyncLLMEngine.from_engine_args() with the handler's engine
   settings, then one generate();
 - with --overlap on, raw vLLM + `import runpod` in a thread started before the engine:
@@ -61,10 +61,13 @@ def child(kind: str, handler_path: str) -> None:
     marks["vllm engine API"] = time.time()
     if kind == "handler":
         from llmkit import handler_module
+        from llmkit.runtime import config, vllm_engine
+        from llmkit.runtime.jobs import job_function
 
         h = handler_module.load(handler_path, "cold_handler")
+        job = job_function(h.handler)
         marks["import handler.py"] = time.time()
-        engine_args = {k: v for k, v in h.ENGINE_ARGS.items() if v is not None}
+        engine_args = {k: v for k, v in config.load().engine_args.items() if v is not None}
     else:
         engine_args = raw_engine_args()
     if kind in ("handler", "overlap"):
@@ -80,11 +83,11 @@ def child(kind: str, handler_path: str) -> None:
 
     async def run() -> None:
         if kind == "handler":
-            engine = h.load_engine()
+            engine = vllm_engine.engine()
             marks["engine start"] = time.time()
             importer.join()  # the worker loop can start only now
             marks["runpod wait after engine"] = time.time() - marks["engine start"]
-            async for _ in h.handler({"id": "cold", "input": workload.job_input(0, 4)}):
+            async for _ in job({"id": "cold", "input": workload.job_input(0, 4)}):
                 marks.setdefault("first token", time.time())
         else:
             engine = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(**engine_args))
@@ -103,7 +106,7 @@ def child(kind: str, handler_path: str) -> None:
 
 
 def raw_engine_args() -> dict:
-    """handler.py's ENGINE_ARGS with no env overrides, restated without the kit.
+    """The runtime's engine arguments with no env overrides, restated without the kit.
 
     measure() checks that the handler case started vLLM with the same arguments."""
     from vllm.platforms import current_platform

@@ -139,8 +139,9 @@ def findings(results: dict) -> str:
             "**The SDK's job-fetch loop idles up to a second between jobs; the kit's does "
             "not.** In runpod 1.10 (and 1.12), `JobScaler.get_jobs` sleeps 1 s whenever it "
             "thinks the worker is full, and a job just taken counts twice until `run_jobs` "
-            "(which looks every 0.1 s) starts it. The kit's loop (llmkit/worker_loop.py, "
-            "pasted into handler.py) counts a job once, fetches when a job ends and starts "
+            "(which looks every 0.1 s) starts it. The kit's loop (llmkit/runtime/worker_loop.py, "
+            "which the runtime's serve() installs) counts a job once, fetches when a job ends "
+            "and starts "
             "it at once; the rest is the SDK's (docs/WORKER_LOOP.md). Queue wait from a "
             f"slot freeing to the job being taken, kit's loop against the SDK's: {waits}.")
     tt = results.get("ttft_chunks", {}).get("ttft", {})
@@ -206,7 +207,7 @@ def findings(results: dict) -> str:
             f"**Cold start.** What the kit adds to vLLM's own start: {kit}. The runpod SDK "
             "takes over a second to import (about 1.4 s of it is py-cpuinfo, which "
             "`runpod.serverless.utils.rp_debugger` runs at import time to read the CPU's "
-            "name). handler.py's `__main__` footer imports it in a thread while vLLM starts "
+            "name). The runtime's serve() imports it in a thread while vLLM starts "
             "its engine, and keeps it out of the module top, which vLLM's spawned engine "
             "processes import again; so the SDK costs only the part of its import that "
             "outlasts the engine start. handler.py itself imports in milliseconds. The "
@@ -289,9 +290,9 @@ def compose(results: dict) -> str:
             f"- model: {run['model']}; sampling: greedy, min_tokens = max_tokens, so every "
             "job generates the same number of tokens; prompts: 16 short chat questions "
             "(bench/workload.py), chat-templated",
-            "- engine: the handler's own ENGINE_ARGS defaults, except ENABLE_PREFIX_CACHING="
-            "false, so that a prompt repeated across variants costs the same every time "
-            "(cold start uses the defaults untouched)",
+            "- engine: the runtime's engine settings (llmkit/runtime/config.py) at their "
+            "defaults, except ENABLE_PREFIX_CACHING=false, so that a prompt repeated across "
+            "variants costs the same every time (cold start uses the defaults untouched)",
             *([f"- engines, ready after launch (started side by side, so not cold-start "
                f"figures): {starts}"] if starts else []),
         ]),

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import aiohttp
 
-from bench.runner import HANDLER
 from bench.workload import JobStats, now, post_bytes
 from llmkit.endpoint.harness import WORKERS_TIMEOUT_S, EndpointError, EndpointProcess
 from llmkit.endpoint.jobs import FINAL
+from llmkit.paths import HANDLER_PATH as HANDLER
 
 
 class BenchEndpoint:

@@ -1,10 +1,9 @@
-"""The exported handler's engine in this process: raw vLLM and the handler, side by side.
+"""The runtime's engine in this process: raw vLLM and the exported handler, side by side.
 
-``build/handler.py`` is imported, ``load_engine()`` starts vLLM from its
-``ENGINE_ARGS``, and "raw vLLM" means calling that same engine's ``generate()``
-directly, with the ``SamplingParams`` the handler itself builds (same output kind,
-same tokens). So the only difference between the raw and handler columns is the
-handler's code.
+``build/handler.py`` is imported, the kit's runtime starts vLLM from the environment's
+settings, and "raw vLLM" means calling that same engine's ``generate()`` directly, with
+the ``SamplingParams`` the runtime itself builds (same output kind, same tokens). So the
+only difference between the raw and handler columns is the handler's and runtime's code.
 """
 
 from __future__ import annotations
@@ -14,27 +13,34 @@ import contextlib
 import uuid
 from pathlib import Path
 
-from bench.runner import HANDLER
 from bench.workload import JobStats, now, post_bytes
+from llmkit.paths import HANDLER_PATH as HANDLER
 
 
 class InProcess:
-    """build/handler.py imported in this process; its engine started by load_engine()."""
+    """build/handler.py imported in this process; the runtime's engine started."""
 
     def __init__(self, handler_path: Path = HANDLER, name: str = "bench_handler") -> None:
         from llmkit import handler_module
+        from llmkit.runtime import vllm_engine
+        from llmkit.runtime.jobs import job_function
 
         self.h = handler_module.load(handler_path, name)
+        self.job = job_function(self.h.handler, getattr(self.h, "chat_messages", None))
         t0 = now()
-        self.engine = self.h.load_engine()
+        self.engine = vllm_engine.engine()
         self.start_s = now() - t0
+        self.settings = vllm_engine.settings()
         self.limit = self.engine.model_config.max_model_len
 
     def prepare(self, inp: dict):
-        """What the handler would pass to vLLM for this input: token ids and params."""
-        source, stream, samp = self.h.parse_input(inp)
-        ids = self.h.tokenize(self.engine, source)
-        return ids, self.h.sampling_params(samp, len(ids), self.limit, stream)
+        """What the runtime would pass to vLLM for this input: token ids and params."""
+        from llmkit.runtime import inputs, sampling
+
+        request = inputs.read_input({"input": inp})
+        ids = sampling.prompt_token_ids(self.engine, request.prompt, request.messages)
+        return ids, sampling.sampling_params(request.sampling, len(ids), self.limit,
+                                             request.stream, self.settings.default_max_tokens)
 
     async def raw_job(self, inp: dict, prepared=None) -> JobStats:
         """vLLM's engine called directly; token ids and params prepared beforehand."""
@@ -61,7 +67,7 @@ class InProcess:
         """The exported handler, consumed like the SDK does (optionally slow: a post)."""
         st = JobStats(start=now())
         job = {"id": job_id or f"job-{uuid.uuid4().hex[:12]}", "input": inp}
-        async for chunk in self.h.handler(job):
+        async for chunk in self.job(job):
             t = now()
             if "error" in chunk:
                 raise RuntimeError(f"handler failed: {chunk['error']}")
@@ -78,5 +84,7 @@ class InProcess:
         return st
 
     def close(self) -> None:
+        from llmkit.runtime import vllm_engine
+
         with contextlib.suppress(Exception):
-            self.engine.shutdown()
+            vllm_engine.shutdown_engine()

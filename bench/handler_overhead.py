@@ -55,14 +55,13 @@ class _FakeEngine:
 
 
 async def _micro(ip: engine.InProcess) -> dict:
-    h = ip.h
+    from llmkit.runtime import vllm_engine
+
     inp = workload.job_input(0, 64)
     n = 200
     t0 = workload.now()
     for _ in range(n):
-        source, stream, samp = h.parse_input(inp)
-        ids = h.tokenize(ip.engine, source)
-        h.sampling_params(samp, len(ids), ip.limit, stream)
+        ip.prepare(inp)
     per_job_us = (workload.now() - t0) / n * 1e6
 
     chunks = 20000
@@ -71,15 +70,15 @@ async def _micro(ip: engine.InProcess) -> dict:
     async for _ in fake.generate(None, None, None):
         pass
     bare = workload.now() - t0
-    real_load = h.load_engine
-    h.load_engine = lambda: fake
+    real_engine = vllm_engine.engine
+    vllm_engine.engine = lambda: fake
     try:
         t0 = workload.now()
-        async for _ in h.handler({"id": "micro", "input": inp}):
+        async for _ in ip.job({"id": "micro", "input": inp}):
             pass
         through = workload.now() - t0
     finally:
-        h.load_engine = real_load
+        vllm_engine.engine = real_engine
     return {"per_job_us": per_job_us, "per_chunk_us": (through - bare) / chunks * 1e6}
 
 
@@ -158,7 +157,7 @@ def measure(ctx: runner.Context, args) -> dict:
 
 
 def _engine_args(ip: engine.InProcess) -> dict:
-    return {k: v for k, v in ip.h.ENGINE_ARGS.items() if v is not None and k != "model"}
+    return {k: v for k, v in ip.settings.engine_args.items() if v is not None and k != "model"}
 
 
 def report(r: dict) -> str:

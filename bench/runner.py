@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bench.machine import machine, on_gpu
+from llmkit.paths import HANDLER_PATH
 
 REPO = Path(__file__).resolve().parents[1]
-HANDLER = REPO / "build" / "handler.py"
+HANDLER = HANDLER_PATH
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 
 if TYPE_CHECKING:

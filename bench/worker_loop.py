@@ -1,6 +1,6 @@
 """2. Worker loop: the runpod SDK's own job-fetch loop against the kit's.
 
-The kit's loop (llmkit.worker_loop, in handler.py's footer) fetches a job as soon as a
+The kit's loop (llmkit/runtime/worker_loop.py, which serve() installs) fetches a job as soon as a
 slot frees; the SDK's (WORKER_LOOP=sdk) sleeps a second when it thinks it is full. Both
 run handler.py in the SDK's production loop under the local endpoint
 (`python -m llmkit.endpoint`). Variants alternate.

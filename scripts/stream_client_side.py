@@ -99,12 +99,15 @@ class EndpointClient:
 
 
 def chunk_text(chunk) -> str:
-    """The text of one chunk: the kit's handler yields {"text": ...}."""
-    if isinstance(chunk, dict) and isinstance(chunk.get("text"), str):
-        return chunk["text"]
+    """What to print for one chunk: its "text" (the kit's handler yields {"text": ...}),
+    then any fields a handler yields beside it, as JSON on a line of their own."""
     if isinstance(chunk, str):
         return chunk
-    return json.dumps(chunk)
+    if not isinstance(chunk, dict):
+        return json.dumps(chunk)
+    text = chunk.get("text") if isinstance(chunk.get("text"), str) else ""
+    extra = {k: v for k, v in chunk.items() if k != "text"}
+    return text + (f"\n{json.dumps(extra)}" if extra else "")
 
 
 def output_text(output) -> str:

@@ -1,6 +1,7 @@
 """Shared fixtures: the tiny random model, and paths into the repo; and the markers that
-split the suite. `make test-fast` runs ``-m "not engine and not vllm and not service"``: the
-tests that need no vLLM and no network service, in under a minute. `make test` runs them all.
+split the suite. `make test-fast` runs ``-m "not engine and not vllm and not service and not
+slow"``: the tests that need no vLLM and no network service, in under a minute. `make test`
+runs them all.
 """
 
 from __future__ import annotations
@@ -58,6 +59,13 @@ def repo_root() -> Path:
 def handler_path() -> Path:
     """The committed, exported handler.py (tests check it is in sync with the notebook)."""
     return REPO_ROOT / "build" / "handler.py"
+
+
+@pytest.fixture(scope="session")
+def plain_handler() -> Path:
+    """A fixture handler in the default handler's shape (tests/handlers/plain.py): the
+    runtime's tests serve it, so that a user's change to the notebook breaks none of them."""
+    return Path(__file__).with_name("handlers") / "plain.py"
 
 
 @pytest.fixture(scope="session")

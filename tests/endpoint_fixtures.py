@@ -20,12 +20,12 @@ from llmkit.endpoint.harness import EndpointClient, EndpointProcess
 pytest_plugins = ["image_fixtures"]  # base_image, for live_container
 
 # A worker that needs no vLLM: the kit's worker loop (the SDK's production loop, with
-# llmkit.worker_loop's timing; WORKER_LOOP=sdk for the SDK's own) around a toy async
+# llmkit.runtime.worker_loop's timing; WORKER_LOOP=sdk for the SDK's own) around a toy async
 # handler. With "stamp", its first and last chunks carry the handler's start and end
 # times (time.time()).
 FAKE_HANDLER = '''
 import asyncio, json, os, time
-from llmkit import worker_loop
+from llmkit.runtime import worker_loop
 
 worker_loop.quiet_sdk_logs()
 import runpod
@@ -193,14 +193,14 @@ LIVE_SETTINGS = {"MAX_MODEL_LEN": "8192", "ENABLE_AUTO_TOOL_CHOICE": "true",
 
 
 @pytest.fixture(scope="session")
-def live_endpoint(tmp_path_factory, tiny_model_dir, handler_path):
-    """One real worker (vLLM, tiny model, CONCURRENCY_MODIFIER=4, ``LIVE_SETTINGS``),
-    shared by all modules.
+def live_endpoint(tmp_path_factory, tiny_model_dir, plain_handler):
+    """One real worker (vLLM, tiny model, CONCURRENCY_MODIFIER=4, ``LIVE_SETTINGS``) serving
+    the fixture handler, shared by all modules.
 
     Tests must leave it idle. A test that kills the worker uses ``live_to_kill``.
     """
     log = tmp_path_factory.mktemp("live-endpoint") / "endpoint.log"
-    with EndpointProcess(workers=1, concurrency=4, model=tiny_model_dir, handler=handler_path,
+    with EndpointProcess(workers=1, concurrency=4, model=tiny_model_dir, handler=plain_handler,
                          endpoint_id="live", api_key="live-key", log_path=log,
                          env=LIVE_SETTINGS) as endpoint:
         endpoint.wait_workers(timeout=600)  # minutes when the CPU is shared
@@ -216,10 +216,12 @@ def live(live_endpoint) -> EndpointProcess:
 
 
 @pytest.fixture(scope="session")
-def live_container(tmp_path_factory, base_image, tiny_model_dir):
-    """The live endpoint's twin: the same model (mounted) and settings, served by a
+def live_container(tmp_path_factory, base_image, tiny_model_dir, plain_handler):
+    """The live endpoint's twin: the same model (mounted), handler (mounted over the image's
+    /app/handler.py, as an iteration image would put it) and settings, served by a
     serverless container of the kit's CPU image instead of a worker on the host."""
     mounts, model = image_fixtures.mount_model(tiny_model_dir)
+    mounts += ["-v", f"{plain_handler}:/app/handler.py:ro"]
     settings = {**LIVE_SETTINGS, **model, "CONCURRENCY_MODIFIER": "4"}
     with image_fixtures.container_endpoint(tmp_path_factory, base_image, "live-container",
                                            settings, mounts, endpoint_id="live",

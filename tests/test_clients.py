@@ -84,6 +84,21 @@ def test_client_streams_then_ends_on_completed(queue_ep):
     assert f"[job {job['id']} COMPLETED in" in result["err"] and "2 chunks" in result["err"]
 
 
+@pytest.mark.parametrize("mode", ["stream", "run"])
+def test_client_prints_the_fields_a_handler_yields_beside_text(queue_ep, mode):
+    """A handler may yield more than "text" (the word_count recipe): the client shows it."""
+    thread, result = _client_in_thread(queue_ep, "--mode", mode, "--prompt", "hi")
+    worker = FakeWorker(queue_ep, f"c-extra-{mode}")
+    job = worker.take().json()
+    chunks = [{"text": "Hello there"}, {"word_count": 2}]
+    for chunk in chunks:
+        worker.stream(job["id"], chunk)
+    worker.done(job["id"], {"output": chunks})
+    thread.join(30)
+    assert result["code"] == 0, result
+    assert result["out"] == 'Hello there\n{"word_count": 2}\n', result["out"]
+
+
 @pytest.mark.parametrize("ending, status, message", [
     ("fail", "FAILED", "input.prompt must not be empty"),
     ("cancel", "CANCELLED", "the job was cancelled"),

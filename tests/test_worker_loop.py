@@ -1,4 +1,4 @@
-"""The kit's worker loop (llmkit.worker_loop, pasted into handler.py's footer).
+"""The kit's worker loop (llmkit/runtime/worker_loop.py, which serve() runs).
 
 Timing runs the SDK's real production loop against the local endpoint, with a paced
 toy handler (endpoint_fixtures.FAKE_HANDLER) that stamps its start and end times; each
@@ -14,12 +14,14 @@ import sys
 import textwrap
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
-from llmkit import tiny_model, worker_loop
+from llmkit import tiny_model
 from llmkit.endpoint.harness import EndpointProcess
 from llmkit.processes import alive
+from llmkit.runtime import worker_loop
 
 pytest_plugins = ["endpoint_fixtures"]
 
@@ -212,7 +214,7 @@ def test_changed_sdk_internals_are_refused(monkeypatch):
 def test_the_sdk_logs_at_info_unless_told_otherwise(preset, level):
     import os
 
-    code = ("from llmkit import worker_loop\nworker_loop.quiet_sdk_logs()\nimport runpod\n"
+    code = ("from llmkit.runtime import worker_loop\nworker_loop.quiet_sdk_logs()\nimport runpod\n"
             "from runpod.serverless.modules.rp_logger import RunPodLogger\n"
             "print(RunPodLogger().level)\n")
     env = {k: v for k, v in os.environ.items()
@@ -224,20 +226,23 @@ def test_the_sdk_logs_at_info_unless_told_otherwise(preset, level):
     assert result.stdout.split() == [level], result.stderr[-2000:]
 
 
-def test_handler_py_sets_the_log_level_before_it_imports_runpod(handler_path):
-    """The SDK reads the level once, at import: the footer must come first."""
+def test_serve_sets_the_log_level_before_it_imports_runpod(handler_path):
+    """The SDK reads the level once, at import: serve() must set it first."""
     import ast
 
-    tree = ast.parse(handler_path.read_text())
-    start = next(n for n in tree.body if getattr(n, "name", None) == "_start_worker")
+    from llmkit.runtime import worker
+
+    tree = ast.parse(Path(worker.__file__).read_text())
+    start = next(n for n in tree.body if getattr(n, "name", None) == "_start")
     quiet = [n.lineno for n in ast.walk(start) if isinstance(n, ast.Call)
              and getattr(n.func, "id", "") == "quiet_sdk_logs"]
     runpod = [n.lineno for n in ast.walk(start)  # `import runpod`, import_module("runpod")
               if (isinstance(n, ast.Import) and n.names[0].name == "runpod")
               or (isinstance(n, ast.Constant) and n.value == "runpod")]
     assert quiet and runpod and max(quiet) < min(runpod), (quiet, runpod)
-    assert not any(isinstance(n, ast.Import) and n.names[0].name == "runpod"
-                   for n in tree.body)  # nothing at module level imports it earlier
+    for module in (tree, ast.parse(handler_path.read_text())):  # nothing imports it earlier
+        assert not any(isinstance(n, ast.Import) and n.names[0].name == "runpod"
+                       for n in module.body)
 
 
 def _run_handler(handler_path, env, timeout=300, prelude=""):
@@ -249,6 +254,7 @@ def _run_handler(handler_path, env, timeout=300, prelude=""):
     return result, time.monotonic() - started
 
 
+@pytest.mark.vllm  # handler.py imports vLLM before the SDK check
 def test_an_unknown_sdk_stops_start_up_with_a_clear_message(handler_path, tiny_model_dir,
                                                             tmp_path):
     import os
@@ -267,7 +273,8 @@ def test_an_unknown_sdk_stops_start_up_with_a_clear_message(handler_path, tiny_m
 
 STUCK_WORKER = textwrap.dedent("""
     import asyncio, sys, threading, time
-    from llmkit import tiny_model, worker_loop
+    from llmkit import tiny_model
+    from llmkit.runtime import worker_loop
     import runpod
     from runpod.serverless.modules.rp_fitness import run_fitness_checks
 
@@ -287,7 +294,7 @@ STUCK_WORKER = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("guarded", [True, False])
+@pytest.mark.parametrize("guarded", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_a_failed_fitness_check_ends_the_process_despite_live_threads(tmp_path, guarded):
     import http.server
     import os
@@ -346,6 +353,7 @@ FAILING_CHECK = textwrap.dedent("""
 """)
 
 
+@pytest.mark.engine  # and the local endpoint
 def test_a_failed_fitness_check_with_a_live_engine_exits_promptly(tmp_path, tiny_model_dir,
                                                                   handler_path):
     """The SDK's sys.exit(1) would join vLLM's threads; the worker must exit 1 anyway,

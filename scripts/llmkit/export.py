@@ -6,8 +6,8 @@ The tag vocabulary is closed: on a code cell, `export` (goes into handler.py),
 `parameters` and papermill's `injected-parameters`; any other tag is an error. An
 exported cell must be plain Python: no IPython magics, shell escapes or `obj?`,
 no syntax errors, no undefined names. Together the cells must define an async
-generator `handler(job)`, `CONCURRENCY_MODIFIER` and `load_engine()`, which the
-template's footer uses. Every problem names the notebook, the cell and the line.
+generator `handler(job)`, which the template's footer hands to the kit's runtime.
+Every problem names the notebook, the cell and the line.
 
 The output is deterministic (no execution counts, no timestamps), so `--check`
 can compare it byte for byte with the committed file.
@@ -29,15 +29,14 @@ from nbconvert.exporters import TemplateExporter
 from nbconvert.preprocessors import Preprocessor
 
 from llmkit.paths import REPO_ROOT
+from llmkit.runtime.versions import API_VERSION
 
 EXPORT_TAG = "export"
 KNOWN_TAGS = frozenset({EXPORT_TAG, "parameters", "injected-parameters"})
 TEMPLATE_DIR = REPO_ROOT / "handler_template"
 TEMPLATE_FILE = "handler.py.j2"
 # Names the template's footer uses; the exported cells must define them.
-FOOTER_NAMES = ("handler", "load_engine", "CONCURRENCY_MODIFIER")
-# The kit's worker loop, pasted into the footer (handler.py must run alone on an image).
-WORKER_LOOP = Path(__file__).with_name("worker_loop.py")
+FOOTER_NAMES = ("handler",)
 FOOTER_MARKER = "# %% worker start-up"  # every footer section's first line starts so
 _CELL_MARKER = re.compile(r"^# %% cell (\d+) \(id (.+)\)$")
 
@@ -158,42 +157,6 @@ def _check_file(rendered: str, notebook: str) -> list[Problem]:
     return []
 
 
-def _defined_names(tree: ast.Module, imports: bool = True) -> set[str]:
-    """Top-level names a module binds (defs, classes, assignments; imports too if asked)."""
-    names = set()
-    for node in tree.body:
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            names.add(node.name)
-        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
-            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-            names |= {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
-        elif imports and isinstance(node, (ast.Import, ast.ImportFrom)):
-            names |= {(a.asname or a.name).split(".")[0] for a in node.names}
-    return names
-
-
-def _check_footer_clashes(cells, rendered: str, notebook: str) -> list[Problem]:
-    """An exported cell must not define a name the footer defines (the worker loop
-    and start-up): the footer comes last, so it would silently replace the cell's."""
-    start = rendered.find(f"\n{FOOTER_MARKER}")
-    footer = _defined_names(ast.parse(rendered[start:]), imports=False) if start >= 0 else set()
-    problems = []
-    for index, cell in enumerate(cells):
-        if cell.cell_type != "code" or EXPORT_TAG not in cell.metadata.get("tags", []):
-            continue
-        try:
-            clash = sorted(_defined_names(ast.parse(cell.source)) & footer)
-        except SyntaxError:
-            continue  # reported by _check_cell
-        if clash:
-            problems.append(Problem(
-                notebook, f"defines {', '.join(clash)}, which the generated footer defines "
-                f"too ({TEMPLATE_DIR.name}/{TEMPLATE_FILE}, llmkit/{WORKER_LOOP.name}); "
-                "rename it", index,
-                cell.get("id")))
-    return problems
-
-
 def _own_nodes(func):
     """Nodes of a function body, not descending into nested functions."""
     stack = list(func.body)
@@ -224,11 +187,9 @@ def export(notebook: Path) -> str:
     exporter = TemplateExporter(extra_template_paths=[str(TEMPLATE_DIR)],
                                 template_file=TEMPLATE_FILE)
     exporter.register_preprocessor(KeepExportCells(), enabled=True)
-    resources = {"problems": [], "source_notebook": shown,
-                 "worker_loop": WORKER_LOOP.read_text().rstrip()}
+    resources = {"problems": [], "source_notebook": shown, "runtime_api": API_VERSION}
     rendered, resources = exporter.from_notebook_node(nb, resources=resources)
     problems = resources["problems"]
-    problems.extend(_check_footer_clashes(nb.cells, rendered, shown))
     if not any(EXPORT_TAG in c.metadata.get("tags", []) for c in nb.cells):
         problems.append(Problem(shown, f"no code cell is tagged {EXPORT_TAG!r}"))
     if not problems:

@@ -1,4 +1,5 @@
-"""Load the exported handler.py as a module, the way tests and tools call it in-process."""
+"""Load a handler.py as a module, and run its jobs in-process as the worker would:
+the tests' and benchmarks' way in."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from types import ModuleType
 
 
 def load(path: str | Path, name: str = "exported_handler") -> ModuleType:
-    """Import ``path`` under ``name``. Importing starts no engine: the handler does that."""
+    """Import ``path`` under ``name``. Importing starts no engine: the runtime does that."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: run `make export-handler` first")
@@ -26,25 +27,30 @@ def load(path: str | Path, name: str = "exported_handler") -> ModuleType:
 
 @contextmanager
 def running(path: str | Path, name: str, **env: str) -> Iterator[ModuleType]:
-    """``path`` imported with ``env`` set while it reads its settings, its engine started,
-    and ``module.run(coro)`` to drive the handler; the engine is shut down on exit."""
+    """``path`` imported, and the runtime's engine (re)started with ``env`` set while it
+    reads its settings; ``module.run(coro)`` drives jobs on the engine's event loop and
+    ``module.job`` is the function the worker calls. The engine is shut down on exit."""
+    from llmkit.runtime import vllm_engine
+    from llmkit.runtime.jobs import job_function
+
+    module = load(path, name)
     saved = dict(os.environ)
     os.environ.update(env)
     try:
-        module = load(path, name)
-    finally:  # the settings are read at import: the rest of the process keeps its own
+        vllm_engine.restart_engine()
+    finally:  # the settings are read at start: the rest of the process keeps its own
         os.environ.clear()
         os.environ.update(saved)
     runner = asyncio.Runner()
-    module.load_engine()
     module.run = runner.run
+    module.job = job_function(module.handler, getattr(module, "chat_messages", None))
     try:
         yield module
     finally:
-        module._engine.shutdown()
+        vllm_engine.shutdown_engine()
         runner.close()
 
 
 async def collect(module: ModuleType, job_input, job_id: str = "job") -> list:
-    """Every chunk the handler yields for one job, as the worker would see them."""
-    return [chunk async for chunk in module.handler({"id": job_id, "input": job_input})]
+    """Every chunk one job yields, as the worker would see them."""
+    return [chunk async for chunk in module.job({"id": job_id, "input": job_input})]

@@ -4,6 +4,8 @@ import os
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+# The exported handler, where `make export-handler` writes it.
+HANDLER_PATH = REPO_ROOT / "build" / "handler.py"
 
 
 def cache_dir() -> Path:

@@ -1,23 +1,27 @@
-"""The exported handler on the real vLLM CPU engine with the tiny model, in-process."""
+"""The runtime on the real vLLM CPU engine with the tiny model, in-process, driving a
+fixture handler in the default handler's shape (tests/handlers/plain.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from llmkit import handler_module
+from llmkit.runtime import inputs, sampling, vllm_engine
 
 pytestmark = pytest.mark.engine
 MAX_MODEL_LEN = 256
+PLAIN = Path(__file__).with_name("handlers") / "plain.py"
 
 
 @pytest.fixture(scope="module")
-def handler(handler_path, tiny_model_dir):
-    """handler.py imported with the tiny model; one engine for the whole module."""
-    with handler_module.running(handler_path, "handler_under_test", MODEL=str(tiny_model_dir),
+def handler(tiny_model_dir):
+    """The fixture handler on the tiny model; one engine for the whole module."""
+    with handler_module.running(PLAIN, "plain_handler", MODEL=str(tiny_model_dir),
                                 MAX_MODEL_LEN=str(MAX_MODEL_LEN)) as module:
         yield module
 
@@ -27,12 +31,12 @@ def run_job(handler, job_input):
 
 
 @pytest.fixture
-def interval(handler, request):
-    """Set the handler's STREAM_INTERVAL_MS and STREAM_INTERVAL_MAX_MS for one test."""
-    saved = handler.STREAM_INTERVAL_MS, handler.STREAM_INTERVAL_MAX_MS
-    handler.STREAM_INTERVAL_MS, handler.STREAM_INTERVAL_MAX_MS = request.param
-    yield request.param
-    handler.STREAM_INTERVAL_MS, handler.STREAM_INTERVAL_MAX_MS = saved
+def interval(handler, request, monkeypatch):
+    """Set the runtime's STREAM_INTERVAL_MS and STREAM_INTERVAL_MAX_MS for one test."""
+    settings = vllm_engine.settings()
+    monkeypatch.setattr(settings, "stream_interval_ms", request.param[0])
+    monkeypatch.setattr(settings, "stream_interval_max_ms", request.param[1])
+    return request.param
 
 
 @pytest.mark.parametrize("interval", [(0, 0), (100, 500)], indirect=True)
@@ -56,7 +60,7 @@ def test_stream_chunks_concatenate_to_the_normal_text(handler, sampling, interva
 async def timed_chunks(handler, job_input):
     """(seconds since the job started, chunk) for each chunk the handler yields."""
     start, out = time.monotonic(), []
-    async for chunk in handler.handler({"id": "timed", "input": job_input}):
+    async for chunk in handler.job({"id": "timed", "input": job_input}):
         out.append((time.monotonic() - start, chunk))
     return out
 
@@ -79,8 +83,8 @@ class PacedEngine:
 @pytest.mark.parametrize("interval", [(100, 400)], indirect=True)
 def test_stream_chunks_are_spaced_by_a_growing_interval_and_the_first_is_not_held(
         handler, interval, monkeypatch):
-    paced = PacedEngine(handler.load_engine(), tokens=80, step_s=0.02)  # 1.6 s of tokens
-    monkeypatch.setattr(handler, "load_engine", lambda: paced)
+    paced = PacedEngine(vllm_engine.engine(), tokens=80, step_s=0.02)  # 1.6 s of tokens
+    monkeypatch.setattr(vllm_engine, "engine", lambda: paced)
     timed = handler.run(timed_chunks(handler, {"prompt": "hi", "answerType": "stream"}))
     times, texts = [t for t, _ in timed], [c["text"] for _, c in timed]
     assert "".join(texts) == "".join(f" t{i}" for i in range(80))
@@ -111,9 +115,12 @@ def test_chat_messages_use_the_chat_template(handler):
 
 
 def test_default_max_tokens_is_useful_and_bounded_by_the_context(handler):
-    params = handler.sampling_params({}, prompt_len=10, limit=4096, stream=False)
-    assert params.max_tokens == handler.DEFAULT_MAX_TOKENS == 512  # not vLLM's 16
-    assert handler.sampling_params({}, 200, MAX_MODEL_LEN, False).max_tokens == MAX_MODEL_LEN - 200
+    default = vllm_engine.settings().default_max_tokens
+    params = sampling.sampling_params({}, prompt_len=10, limit=4096, stream=False,
+                                      default_max_tokens=default)
+    assert params.max_tokens == default == 512  # not vLLM's 16
+    assert sampling.sampling_params({}, 200, MAX_MODEL_LEN, False, default).max_tokens \
+        == MAX_MODEL_LEN - 200
 
 
 LONG_PROMPT = "fox dog " * 400  # several hundred tokens with the tiny tokenizer
@@ -206,7 +213,7 @@ def test_bad_input_yields_one_error_naming_the_field(handler, job_input, expecte
 
 
 # A valid value for each field of vLLM's SamplingParams that the native API accepts. A field
-# vLLM adds later fails the test below until it is added here or refused in the handler.
+# vLLM adds later fails the test below until it is added here or refused in the runtime.
 ACCEPTED = {
     "presence_penalty": 0.5, "frequency_penalty": -0.5, "repetition_penalty": 1.1,
     "temperature": 0.7, "watermarking": True, "top_p": 0.9, "top_k": 5, "min_p": 0.05,
@@ -227,20 +234,20 @@ def test_the_native_api_knows_every_field_of_vllms_sampling_params(handler):
     from vllm import SamplingParams
 
     public = [f for f in SamplingParams.__struct_fields__ if not f.startswith("_")]
-    assert list(handler.SAMPLING_FIELDS) == public
-    missing = set(public) - set(ACCEPTED) - set(handler.REFUSED_SAMPLING_FIELDS)
+    assert list(inputs.SAMPLING_FIELDS) == public
+    missing = set(public) - set(ACCEPTED) - set(inputs.REFUSED_SAMPLING_FIELDS)
     assert not missing, f"vLLM has sampling fields this test does not know: {missing}"
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["normal", "stream"])
 def test_every_sampling_field_is_accepted_or_refused_by_name(handler, stream):
     answer_type = "stream" if stream else "normal"
-    for field in handler.SAMPLING_FIELDS:
-        if field in handler.REFUSED_SAMPLING_FIELDS:
+    for field in inputs.SAMPLING_FIELDS:
+        if field in inputs.REFUSED_SAMPLING_FIELDS:
             out = run_job(handler, {"prompt": "hi", "answerType": answer_type,
                                     "sampling_params": {field: [[[]]]}})
             assert out == [{"error": f"input.sampling_params.{field} is not accepted here: "
-                                     f"{handler.REFUSED_SAMPLING_FIELDS[field]}"}]
+                                     f"{inputs.REFUSED_SAMPLING_FIELDS[field]}"}]
             continue
         sampling = {"max_tokens": 4, field: ACCEPTED[field]}
         out = run_job(handler, {"prompt": "hi", "answerType": answer_type,
@@ -272,8 +279,8 @@ class ExplodingEngine(PacedEngine):
 
 def test_an_unexpected_error_is_logged_and_the_client_gets_one_line_with_the_job_id(
         handler, monkeypatch, capfd):
-    exploding = ExplodingEngine(handler.load_engine(), tokens=1, step_s=0)
-    monkeypatch.setattr(handler, "load_engine", lambda: exploding)
+    exploding = ExplodingEngine(vllm_engine.engine(), tokens=1, step_s=0)
+    monkeypatch.setattr(vllm_engine, "engine", lambda: exploding)
     out = handler.run(handler_module.collect(handler, {"prompt": "hi"}, job_id="job-42"))
     assert out == [{"error": "job job-42 failed with an internal error; the worker's log has "
                              "the details"}]

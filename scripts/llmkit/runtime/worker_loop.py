@@ -21,9 +21,8 @@ the queue is empty or down, per-job stop, the heartbeat, the SIGTERM drain.
 Also here: a worker that must die, dies (`serve_or_die`), and the SDK logs at INFO
 unless told otherwise (`quiet_sdk_logs`).
 
-This file is the one copy. `llmkit.export` pastes it into the footer of the generated
-handler.py, which runs alone on an image; tests and the fake worker import it from
-llmkit. So: the standard library only, runpod passed in, and no `from __future__`.
+The standard library only, with runpod passed in: tests and the local endpoint's
+toy workers use it without vLLM.
 """
 
 import asyncio
@@ -323,23 +322,6 @@ def _failed_check(exit):
     index = frames.index("run_fitness_checks") + 1
     name = frames[index] if index < len(frames) else "fitness check"
     return name, f"fitness check {name} failed: {type(error).__name__}: {error}"
-
-
-def stop_engine(engine):
-    """After the SDK drained on SIGTERM: shut vLLM's engine down, in order, now.
-
-    Left to the interpreter's exit, vLLM stops its engine core from atexit hooks and
-    __del__, waits for it to go, and fails half way ("Exception ignored in
-    AsyncLLM.__del__"): 10-16 s on a 2-core host, past `docker stop`'s 10 s grace.
-    """
-    started = time.monotonic()
-    try:
-        engine.shutdown()
-    except Exception as error:  # exiting anyway: say so, and let exit_now kill it
-        print(f"vLLM's engine did not shut down cleanly: {type(error).__name__}: {error}",
-              file=sys.stderr, flush=True)
-    print(f"worker drained; vLLM's engine shut down in {time.monotonic() - started:.1f} s",
-          file=sys.stderr, flush=True)
 
 
 def serve_or_die(start_worker):

@@ -1,7 +1,7 @@
-"""The handler's OpenAI route, in-process on the real vLLM CPU engine (tiny model).
+"""The runtime's OpenAI route, in-process on the real vLLM CPU engine (tiny model).
 
 A job {"openai_route", "openai_input"} is what Runpod's /v2/{id}/openai/v1/... route queues;
-vLLM's own OpenAI serving layer answers it on the handler's engine. The endpoint's side (HTTP,
+vLLM's own OpenAI serving layer answers it on the worker's engine. The endpoint's side (HTTP,
 the openai client) is tested with the local endpoint.
 """
 
@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 import pytest
 
 from llmkit import handler_module
+from llmkit.runtime import vllm_engine
+from llmkit.runtime.jobs import job_function
 
 pytestmark = pytest.mark.engine
 MAX_MODEL_LEN = 256
@@ -23,12 +26,13 @@ SETTINGS = {"MAX_LOGPROBS": str(MAX_LOGPROBS), "TOOL_CALL_PARSER": "pythonic",
             # The tiny random model would pad JSON with whitespace up to max_tokens.
             "STRUCTURED_OUTPUTS_CONFIG": '{"backend": "xgrammar", "disable_any_whitespace": true}'}
 HI = [{"role": "user", "content": "Hi there"}]
+PLAIN = Path(__file__).with_name("handlers") / "plain.py"
 
 
 @pytest.fixture(scope="module")
-def handler(handler_path, tiny_model_dir):
-    """handler.py imported with the tiny model; one engine for the whole module."""
-    with handler_module.running(handler_path, "handler_openai_under_test",
+def handler(tiny_model_dir):
+    """The fixture handler with the tiny model; one engine for the whole module."""
+    with handler_module.running(PLAIN, "plain_handler_openai",
                                 MODEL=str(tiny_model_dir), MAX_MODEL_LEN=str(MAX_MODEL_LEN),
                                 OPENAI_SERVED_MODEL_NAME_OVERRIDE=NAME, **SETTINGS) as module:
         yield module
@@ -57,10 +61,10 @@ def sse_events(chunks):
 
 
 def test_engine_arguments_from_the_environment_reach_the_engine(handler):
-    engine = handler.load_engine()
+    engine = vllm_engine.engine()
     assert engine.model_config.max_logprobs == MAX_LOGPROBS
     assert engine.vllm_config.structured_outputs_config.disable_any_whitespace is True
-    assert handler.SERVE_ARGS.tool_call_parser == "pythonic"
+    assert vllm_engine.settings().serve_args.tool_call_parser == "pythonic"
     out = call(handler, "/v1/chat/completions",
                {"model": NAME, "messages": HI, "logprobs": True, "top_logprobs": 5})
     assert out[0]["error"]["code"] == 400 and "5" in out[0]["error"]["message"], out
@@ -184,7 +188,7 @@ def test_an_unknown_field_next_to_the_route_is_refused(handler):
 
 def test_an_unexpected_error_is_logged_and_the_client_gets_one_line_with_the_job_id(
         handler, monkeypatch, capfd):
-    serving = handler.run(handler.openai_serving()).openai_serving_chat
+    serving = handler.run(vllm_engine.openai_state()).openai_serving_chat
 
     async def explode(request, raw_request):
         raise RuntimeError("kaboom in /secret/worker/path.py")
@@ -199,14 +203,14 @@ def test_an_unexpected_error_is_logged_and_the_client_gets_one_line_with_the_job
 
 
 def test_cancelling_a_streaming_job_aborts_its_vllm_requests(handler):
-    engine = handler.load_engine()
+    engine = vllm_engine.engine()
 
     # Drive the generator from a task that gets cancelled, as the SDK does.
     async def as_sdk():
         chunks = []
 
         async def consume():
-            async for chunk in handler.handler({"id": "gone", "input": {
+            async for chunk in handler.job({"id": "gone", "input": {
                     "openai_route": "/v1/completions",
                     "openai_input": {"model": NAME, "prompt": "hi", "n": 2, "max_tokens": 200,
                                      "min_tokens": 200, "stream": True}}}):
@@ -226,3 +230,25 @@ def test_cancelling_a_streaming_job_aborts_its_vllm_requests(handler):
 
     before, after = handler.run(as_sdk())
     assert before >= 2 and after == 0, (before, after)
+
+
+def test_a_handlers_chat_messages_hook_reshapes_the_chat_route(handler):
+    """serve(handler, chat_messages=...) applies the handler's prompt change to the OpenAI
+    route's chat requests: here a system prompt, which the prompt's token count shows."""
+    system = {"role": "system", "content": "You answer in exactly one short sentence."}
+    hooked = job_function(handler.handler, chat_messages=lambda messages: [system, *messages])
+    body = {"model": NAME, "messages": HI, "max_tokens": 4}
+
+    async def both():
+        plain = await handler_module.collect(handler, {"openai_route": "/v1/chat/completions",
+                                                       "openai_input": body})
+        with_hook = [chunk async for chunk in hooked({"id": "hooked", "input": {
+            "openai_route": "/v1/chat/completions", "openai_input": body}})]
+        return plain, with_hook
+
+    plain, with_hook = handler.run(both())
+    assert one_body(with_hook)["usage"]["prompt_tokens"] > \
+        one_body(plain)["usage"]["prompt_tokens"]
+    # The same as sending the system message: the hook is applied once, before vLLM's layer.
+    sent = one_body(call(handler, "/v1/chat/completions", {**body, "messages": [system, *HI]}))
+    assert sent["usage"]["prompt_tokens"] == one_body(with_hook)["usage"]["prompt_tokens"]

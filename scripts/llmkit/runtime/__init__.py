@@ -1,0 +1,46 @@
+"""The kit's runtime: everything a handler needs, so that a handler is a short function.
+
+    from llmkit.runtime import InputError, generate, read_input
+
+    async def handler(job):
+        request = read_input(job)          # prompt or messages, answerType, sampling_params
+        async for text in generate(request):
+            yield {"text": text}
+
+The public API:
+  read_input(job, fields=None) -> Request   check the input; `fields` adds the handler's own
+  Request                                   prompt | messages, stream, sampling, extra, job_id
+  generate(request)                         vLLM's answer: text pieces (stream) or the whole
+  InputError                                raise it to fail a job with your own message
+  run_job(handler, input), stream_job(...)  one job, exactly as the worker runs it: its
+                                            chunks, all (await) or as they come (async for)
+  engine(), restart_engine(), shutdown_engine(), settings()
+                                            vLLM's engine: one per process, started on first use
+  serve(handler, chat_messages=None)
+                                            the worker: handler.py's footer calls it
+  API_VERSION                               this runtime's API; handler.py states the one it needs
+
+The modules, each read in one sitting: config.py (the environment's settings),
+vllm_engine.py (vLLM's engine and its lifetime), inputs.py and sampling.py (input checks,
+vLLM's SamplingParams), generation.py (cancellation, abort, stream batching), openai_route.py
+(vLLM's OpenAI serving layer), jobs.py and errors.py (what a client sees), worker.py and
+worker_loop.py (the runpod worker).
+"""
+
+import importlib
+
+# Where each public name lives. They load on first use, so that worker_loop.py and
+# versions.py import without vLLM (the local endpoint's toy workers, the fast tests).
+_PUBLIC = {
+    "engine": "vllm_engine", "restart_engine": "vllm_engine", "settings": "vllm_engine",
+    "shutdown_engine": "vllm_engine", "generate": "generation", "InputError": "inputs",
+    "Request": "inputs", "read_input": "inputs", "run_job": "jobs", "stream_job": "jobs",
+    "serve": "worker", "API_VERSION": "versions",
+}
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'llmkit.runtime' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"llmkit.runtime.{_PUBLIC[name]}"), name)

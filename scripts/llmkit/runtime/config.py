@@ -1,0 +1,211 @@
+"""The worker's settings, read from environment variables when the engine starts.
+
+Two kinds, each checked with a message that names the variable:
+* the kit's own (`CONCURRENCY_MODIFIER`, `DEFAULT_MAX_TOKENS`, `STREAM_INTERVAL_MS`, ...);
+* vLLM's: every argument of its engine and of its OpenAI serving layer, by its own name in
+  UPPER_SNAKE (--max-model-len is MAX_MODEL_LEN), parsed and checked by the parser of
+  `vllm serve` itself, so no list here goes stale.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import re
+import sys
+
+from vllm import AsyncEngineArgs
+from vllm.entrypoints.launchers.cli_args import (
+    BaseFrontendArgs,
+    make_arg_parser,
+    validate_parsed_serve_args,
+)
+from vllm.platforms import current_platform
+from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+from llmkit.runtime.worker_loop import StartupError
+
+ON_CPU = current_platform.is_cpu()
+
+# Not read as engine settings: vLLM's HTTP-server flags (HOST, PORT, API_KEY, SSL_*, ...: no
+# such server runs here), and these names, which mean something else in a container.
+NOT_ENGINE_SETTINGS = {
+    "MODEL": "the kit's own: a model folder, a baked model or the embedded default's name",
+    "HF_TOKEN": "huggingface_hub reads it; as an engine argument vLLM would log it",
+    "LOG_LEVEL": "a common name for other programs' log level",
+    "MASTER_ADDR": "torch.distributed's launcher variable",
+    "MASTER_PORT": "torch.distributed's launcher variable",
+    "NNODES": "torch.distributed's launcher variable",
+    "NODE_RANK": "torch.distributed's launcher variable",
+}
+# The kit's defaults where vLLM's do not suit it; any of them can be set by its name.
+KIT_ENGINE_DEFAULTS = {
+    # float32 batches 4x faster than bfloat16 on a CPU without native bf16; graph capture
+    # costs minutes at start-up and gains little; the share of host memory vLLM reserves
+    # (its default 0.92 fails on a CPU).
+    "dtype": "float32", "enforce_eager": True, "gpu_memory_utilization": 0.3,
+} if ON_CPU else {"gpu_memory_utilization": 0.90}
+
+
+class SettingsError(StartupError):
+    """A setting the worker cannot start with; the message names the variable."""
+
+
+@dataclasses.dataclass
+class Settings:
+    model: str
+    concurrency_modifier: int
+    default_max_tokens: int
+    # Stream mode: a job's first text goes out at once; then chunks are at least
+    # stream_interval_ms apart, the gap doubling per chunk up to stream_interval_max_ms.
+    # Short answers stream smoothly and a long one makes at most 2 HTTP posts a second:
+    # each post costs CPU that, on a small machine, the engine misses. 0: every step.
+    stream_interval_ms: int
+    stream_interval_max_ms: int
+    serve_args: argparse.Namespace  # vLLM's parsed `vllm serve` arguments
+    used: dict  # the variables that set them
+    engine_args: dict  # the engine arguments set; the rest are `vllm serve`'s defaults
+
+    @property
+    def variable_names(self) -> set:
+        """Every variable vLLM reads."""
+        return {name.upper() for name in vars(self.serve_args)}
+
+    def describe(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.used.items()) \
+            or "(vLLM's and the kit's defaults)"
+
+
+def load(environ=os.environ) -> Settings:
+    """The settings in ``environ``; raises SettingsError naming the first bad one."""
+    def var(name, parse, default, check=None, expected=""):
+        raw = environ.get(name, "").strip()
+        if not raw:
+            return default
+        try:
+            value = parse(raw)
+        except ValueError:
+            raise SettingsError(f"{name}={raw!r} is not valid: expected {expected}") from None
+        if check is not None and not check(value):
+            raise SettingsError(f"{name}={raw!r} is not valid: expected {expected}")
+        return value
+
+    model = environ.get("MODEL", "").strip()
+    concurrency = var("CONCURRENCY_MODIFIER", int, 1, lambda v: 1 <= v <= 1024,
+                      "an integer from 1 to 1024")
+    max_tokens = var("DEFAULT_MAX_TOKENS", int, 512, lambda v: v >= 1, "an integer >= 1")
+    interval = var("STREAM_INTERVAL_MS", int, 100, lambda v: 0 <= v <= 60_000,
+                   "an integer from 0 to 60000")
+    interval_max = var("STREAM_INTERVAL_MAX_MS", int, max(500, interval),
+                       lambda v: interval <= v <= 60_000,
+                       f"an integer from STREAM_INTERVAL_MS ({interval}) to 60000")
+    serve_args, used = engine_settings(environ, model)
+    defaults = vars(make_arg_parser(_Parser()).parse_args([]))
+    return Settings(
+        model=model, concurrency_modifier=concurrency, default_max_tokens=max_tokens,
+        stream_interval_ms=interval, stream_interval_max_ms=interval_max,
+        serve_args=serve_args, used=used,
+        engine_args={k: v for k, v in vars(serve_args).items()
+                     if k == "model" or k in _ENGINE_FIELDS and v != defaults.get(k)})
+
+
+def cpu_environment(environ=os.environ):
+    """On a CPU, what vLLM's engine processes read at start: the KV cache size in GiB, and
+    OpenMP on every core this process may use, which decodes about 1.5x faster than vLLM's
+    "auto" (one core kept for its scheduler). Engines sharing a machine want "auto"."""
+    if not ON_CPU:
+        return
+    environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    cores = (os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity")
+             else range(os.cpu_count() or 1))
+    environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", ",".join(map(str, sorted(cores))))
+
+
+class _Parser(FlexibleArgumentParser):
+    def error(self, message):  # argparse would print its whole usage and exit
+        raise ValueError(message)
+
+
+_ENGINE_FIELDS = {f.name for f in dataclasses.fields(AsyncEngineArgs)}
+
+
+def engine_settings(environ, model):
+    """vLLM's parsed `vllm serve` arguments from ``environ``, and the variables that set them."""
+    parser = make_arg_parser(_Parser())
+    own = _ENGINE_FIELDS | {f.name for f in dataclasses.fields(BaseFrontendArgs)}
+    actions = {a.dest.upper(): a for a in parser._actions if a.dest in own and a.option_strings}
+    served = environ.get("MODEL_ID", "").strip() or os.path.basename(model.rstrip("/"))
+    parser.set_defaults(model=model, served_model_name=[served] if served else None,
+                        **KIT_ENGINE_DEFAULTS)
+    argv, used = [], {}
+    for name, action in sorted(actions.items()):
+        raw = environ.get(name, "").strip()
+        if not raw or name in NOT_ENGINE_SETTINGS:
+            continue
+        try:
+            words = _argv(action, raw)
+            parser.parse_args(words)
+        except ValueError as err:
+            raise SettingsError(f"{name}={raw!r} is not valid: {vllm_message(err)}") from None
+        argv += words
+        used[name] = raw
+    # Runpod's vLLM worker names the OpenAI model name so; it wins over SERVED_MODEL_NAME.
+    override = environ.get("OPENAI_SERVED_MODEL_NAME_OVERRIDE", "").strip()
+    if override:
+        argv += ["--served-model-name", override]
+        used["OPENAI_SERVED_MODEL_NAME_OVERRIDE"] = override
+    args = parser.parse_args(argv)
+    try:
+        validate_parsed_serve_args(args)
+    except (ValueError, TypeError) as err:
+        described = ", ".join(f"{k}={v!r}" for k, v in used.items())
+        raise SettingsError(f"vLLM refused the settings {described}: "
+                            f"{vllm_message(str(err).removeprefix('Error: '))}") from None
+    if args.tool_call_parser and not args.enable_auto_tool_choice:  # allowed, but a trap
+        print("TOOL_CALL_PARSER has no effect without ENABLE_AUTO_TOOL_CHOICE=true: vLLM "
+              "refuses every tool_choice until both are set", file=sys.stderr, flush=True)
+    return args, used
+
+
+def _bool(raw):
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
+def _argv(action, raw):
+    """The command-line words for one variable's value."""
+    flag = next(o for o in action.option_strings if o.startswith("--"))
+    if isinstance(action, argparse.BooleanOptionalAction):
+        return [flag if _bool(raw) else "--no-" + flag[2:]]
+    if action.nargs == 0:  # a plain switch
+        return [flag] if _bool(raw) else []
+    if action.nargs in ("+", "*"):  # a JSON array, one JSON object, or words
+        items = json.loads(raw) if raw.startswith("[") else [raw] if raw.startswith("{") \
+            else raw.split()
+        return [flag, *(i if isinstance(i, str) else json.dumps(i) for i in items)]
+    return [f"{flag}={raw}"]
+
+
+def vllm_message(error):
+    """vLLM's messages name its flags; a worker's user sets variables. One line."""
+    if callable(getattr(error, "errors", None)) and error.errors():  # pydantic's
+        first = error.errors()[0]
+        error = f"--{'.'.join(map(str, first['loc'])).replace('_', '-')}: {first['msg']}"
+    lines = [line.strip() for line in str(error).strip().splitlines()] or [""]
+    if re.match(r"\d+ validation errors? for ", lines[-1] if len(lines) == 1 else lines[0]):
+        lines = [" ".join(lines[1:3])] if len(lines) > 1 else lines  # pydantic's: what and why
+    text = re.sub(r" \[type=.*", "", re.sub(r"^argument [^:]+: ", "", lines[0]))
+    return flags_as_variables(text)
+
+
+def flags_as_variables(text, known=None):
+    """--tool-call-parser -> TOOL_CALL_PARSER (only the names in ``known``, when given)."""
+    def variable(m):
+        name = m[1].replace("-", "_").upper()
+        return name if known is None or name in known else m[0]
+    return re.sub(r"--(?:no-)?([a-z][a-z0-9-]*)", variable, text)

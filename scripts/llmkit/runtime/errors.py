@@ -1,0 +1,24 @@
+"""What a client sees when a job fails: one line, never a traceback or a path."""
+
+from __future__ import annotations
+
+import sys
+import traceback
+
+from vllm.exceptions import GracefulHTTPError
+
+
+def log_unexpected(job_id, err):
+    """Log ``err`` with its traceback and the job's id; return the client's one line."""
+    print(f"job {job_id} failed unexpectedly:\n{traceback.format_exc()}", file=sys.stderr,
+          flush=True)
+    if isinstance(err, GracefulHTTPError):  # e.g. vLLM's queue is full: its own message
+        from llmkit.runtime.sampling import vllm_error_message
+        return f"job {job_id}: {vllm_error_message(err, 'engine')}"
+    return f"job {job_id} failed with an internal error; the worker's log has the details"
+
+
+def openai_error(code, message, err_type=None, param=None):
+    """OpenAI's error body, as vLLM writes it; a truthy "error" fails the job."""
+    return {"error": {"message": message, "type": err_type or "BadRequestError",
+                      "param": param, "code": code}}

@@ -1,0 +1,45 @@
+"""The function the worker loop calls for each job: the user's handler, wrapped.
+
+* OpenAI jobs (`openai_route` in the input) go to the OpenAI route, the rest to the
+  handler;
+* an InputError becomes one `{"error": message}` chunk, which fails the job;
+* any other error is logged with its traceback, and the client gets one line;
+* the worker goes on either way.
+"""
+
+from __future__ import annotations
+
+from llmkit.runtime.errors import log_unexpected, openai_error
+from llmkit.runtime.inputs import InputError
+from llmkit.runtime.openai_route import is_openai_job, openai_job
+
+
+def job_function(handler, chat_messages=None):
+    """An async generator function of one job, as runpod.serverless.start takes it."""
+    async def run(job):
+        job_id = str(job.get("id", "job"))
+        job_input = job.get("input")
+        openai = is_openai_job(job_input)
+        try:
+            chunks = openai_job(job_input, job_id, chat_messages) if openai else handler(job)
+            async for chunk in chunks:
+                yield chunk
+        except InputError as err:
+            yield openai_error(400, str(err)) if openai else {"error": str(err)}
+        except Exception as err:  # never a traceback or a path to the client
+            message = log_unexpected(job_id, err)
+            yield openai_error(500, message, "InternalServerError") if openai \
+                else {"error": message}
+    return run
+
+
+async def stream_job(handler, job_input, job_id="try", chat_messages=None):
+    """The chunks of one job as they come, exactly as the worker would run it."""
+    async for chunk in job_function(handler, chat_messages)({"id": job_id, "input": job_input}):
+        yield chunk
+
+
+async def run_job(handler, job_input, job_id="try", chat_messages=None):
+    """Every chunk of one job, exactly as the worker would run it (in a notebook:
+    `await run_job(handler, {"prompt": "Hi"})`)."""
+    return [chunk async for chunk in stream_job(handler, job_input, job_id, chat_messages)]

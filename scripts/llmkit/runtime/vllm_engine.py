@@ -1,0 +1,113 @@
+"""vLLM's engine and its lifetime: one per process, however often a notebook runs its cells.
+
+The engine lives here, in the runtime's module, not in the notebook: re-running a cell,
+or Run All twice, finds the running engine instead of starting a second one beside it.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import sys
+import threading
+import time
+import types
+
+from vllm import AsyncEngineArgs, AsyncLLMEngine
+
+from llmkit.runtime import config
+from llmkit.runtime.config import Settings, SettingsError, vllm_message
+
+_engine = None
+_settings: Settings | None = None
+_openai = None  # vLLM's OpenAI serving objects on the same engine, made on first use
+_lock = threading.Lock()
+
+
+def engine():
+    """The running engine; the first call starts it with the environment's settings."""
+    global _engine, _settings
+    with _lock:
+        if _engine is None:
+            wanted = config.load()
+            if not wanted.model:
+                raise SettingsError("MODEL is not set: point it at a model folder or a baked "
+                                    "model")
+            config.cpu_environment()
+            try:
+                _engine = AsyncLLMEngine.from_engine_args(
+                    AsyncEngineArgs.from_cli_args(wanted.serve_args))
+            except (ValueError, TypeError) as err:  # vLLM's checks of the settings together
+                raise SettingsError(f"vLLM refused the settings {wanted.describe()}: "
+                                    f"{vllm_message(err)}") from None
+            _settings = wanted
+        return _engine
+
+
+def settings() -> Settings:
+    """The running engine's settings; before it starts, the environment's."""
+    return _settings if _settings is not None else config.load()
+
+
+def running() -> bool:
+    return _engine is not None
+
+
+def shutdown_engine():
+    """Stop the engine, if one runs, and wait until its processes and memory are gone."""
+    global _engine, _settings, _openai
+    with _lock:
+        if _engine is None:
+            return
+        started = time.monotonic()
+        try:
+            _engine.shutdown()
+        except Exception as error:  # going anyway: say so
+            print(f"vLLM's engine did not shut down cleanly: {type(error).__name__}: "
+                  f"{error}", file=sys.stderr, flush=True)
+        _engine = _settings = _openai = None
+        gc.collect()  # the front end's share: the tokenizer, the processors
+        print(f"vLLM's engine shut down in {time.monotonic() - started:.1f} s",
+              file=sys.stderr, flush=True)
+
+
+def restart_engine():
+    """Apply changed settings: stop the running engine first, then start a new one."""
+    shutdown_engine()
+    return engine()
+
+
+async def openai_state():
+    """vLLM's own OpenAI serving layer (chat, completions, models), as `vllm serve` sets
+    it up, on the running engine."""
+    global _openai
+    if _openai is None:
+        from vllm.entrypoints.launchers.api_server.app_state import init_app_state
+
+        running_engine = engine()
+        state = types.SimpleNamespace()
+        await init_app_state(running_engine, state, settings().serve_args,
+                             await running_engine.get_supported_tasks())
+        _openai = _openai or state  # two first jobs at once: the first one's wins
+    return _openai
+
+
+def exit_when_engine_dies(stopping: threading.Event, interval=1.0):
+    """Exit non-zero soon after vLLM's engine dies, so Runpod replaces this worker.
+
+    Otherwise the worker would stay up, taking jobs and failing every one of them.
+    ``stopping`` is set on a requested shutdown, when vLLM stops its engine on purpose.
+    """
+    watched = engine()
+
+    def watch():
+        while not watched.errored:
+            time.sleep(interval)
+        if stopping.is_set():
+            return
+        print("vLLM engine died: exiting so the platform replaces this worker",
+              file=sys.stderr, flush=True)
+        time.sleep(2 * interval)  # let the failed job's result go out first
+        os._exit(1)
+
+    threading.Thread(target=watch, name="engine-watchdog", daemon=True).start()

@@ -1,0 +1,53 @@
+"""`serve(handler)`: run a handler as a Runpod serverless worker. handler.py's footer
+calls it; it does, in order:
+
+1. reads the settings and starts vLLM, before taking any job, so the first job does not
+   pay for it; a bad setting or a model that cannot load ends the worker with a message;
+2. starts the watchdog: the worker exits non-zero soon after vLLM's engine dies, so
+   Runpod replaces it instead of it failing every job it takes;
+3. runs the runpod SDK's worker loop with the kit's job-fetch timing (worker_loop.py),
+   the handler wrapped by jobs.py, and CONCURRENCY_MODIFIER jobs at once;
+4. after SIGTERM, drains the jobs in flight, stops vLLM in order, and exits 0.
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+
+from llmkit.runtime import vllm_engine
+from llmkit.runtime.jobs import job_function
+from llmkit.runtime.worker_loop import install, quiet_sdk_logs, serve_or_die
+
+
+def serve(handler, *, chat_messages=None):
+    """Run ``handler`` (an async generator function of a job) as the worker; never returns.
+
+    ``chat_messages``: the handler's change to chat messages (messages -> messages),
+    applied to the OpenAI route's chat requests too."""
+    serve_or_die(lambda: _start(handler, chat_messages))
+
+
+def _start(handler, chat_messages):
+    quiet_sdk_logs()  # before runpod is imported: it reads the level then
+    # Importing the runpod SDK takes a second or more (py-cpuinfo probes the CPU). Do it
+    # while vLLM starts its engine, not before.
+    threading.Thread(target=importlib.import_module, args=("runpod",), daemon=True).start()
+    stopping = threading.Event()
+    vllm_engine.engine()
+    vllm_engine.exit_when_engine_dies(stopping)
+    import runpod  # done by now; raises the real error if the import failed
+
+    install(runpod)  # the kit's worker loop (WORKER_LOOP=sdk: the SDK's own)
+    concurrency = vllm_engine.settings().concurrency_modifier
+    try:
+        runpod.serverless.start({
+            "handler": job_function(handler, chat_messages),
+            # Called on every job-fetch loop: how many jobs this worker runs at once.
+            "concurrency_modifier": lambda current: concurrency,
+            # The job's final output is the list of chunks it streamed.
+            "return_aggregate_stream": True,
+        })
+    finally:
+        stopping.set()  # a requested shutdown: vLLM stops its engine on purpose
+    vllm_engine.shutdown_engine()  # drained after SIGTERM: stop vLLM in order, then exit
