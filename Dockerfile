@@ -134,12 +134,20 @@ COPY pyproject.toml ./
 COPY scripts/llmkit ./scripts/llmkit
 COPY handler_template ./handler_template
 COPY notebooks ./notebooks
+# The kit's runtime API (scripts/llmkit/runtime/versions.py), as a label that
+# `make image-iteration` checks against handler.py's before it builds on this image.
+ARG RUNTIME_API=1.0
+LABEL io.runpod-llm-kit.runtime-api="${RUNTIME_API}"
 # Editable, so the exporter finds handler_template/ and the notebook beside it.
-# The kernel name matches the notebook's kernelspec.
+# The kernel name matches the notebook's kernelspec. The label must not drift from
+# the code it describes.
 RUN python3 -m pip install --no-cache-dir --no-deps -e . \
     && python3 -m ipykernel install --sys-prefix --name runpod-llm-kit \
         --display-name "Python (runpod-llm-kit)" \
-    && python3 -m llmkit.export notebooks/handler_dev.ipynb -o /app/handler.py
+    && python3 -m llmkit.export notebooks/handler_dev.ipynb -o /app/handler.py \
+    && api="$(python3 -m llmkit.runtime.versions)" \
+    && if [ "$api" != "$RUNTIME_API" ]; then \
+        echo "RUNTIME_API=${RUNTIME_API}, but the runtime is API ${api}" >&2; exit 1; fi
 
 COPY --chmod=755 scripts/start.sh /start.sh
 

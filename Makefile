@@ -86,7 +86,7 @@ test: install
 
 # The inner loop: no vLLM import or engine, no endpoint, sshd, Jupyter or browser
 # (markers in pyproject.toml, applied in tests/conftest.py). `make test` runs everything.
-FAST_TESTS := not engine and not vllm and not service
+FAST_TESTS := not engine and not vllm and not service and not slow
 test-fast: install
 	$(PY) -m ruff check scripts tests bench
 	$(PY) -m pytest -m "$(FAST_TESTS)" $(PYTEST_ARGS)
@@ -169,6 +169,8 @@ image:  ## base image: vLLM (DEVICE=gpu or cpu) + the kit + MODEL (Depot: loaded
 	$(BUILD) $(BASE_ARGS) $(if $(filter depot,$(BUILDER)),--load) .
 
 image-iteration: $(if $(SKIP_EXPORT),,export-handler)  ## $(HANDLER) on top of BASE_IMAGE; no downloads
+	@# The base image's runtime must run this handler, or every worker would refuse it.
+	PYTHONPATH=scripts $(PYTHON) -m llmkit.base_image '$(DOCKER)' '$(BASE_IMAGE)' '$(HANDLER)'
 	@echo "==> $(BUILDER): $(HANDLER) on $(BASE_IMAGE)"
 	$(BUILD) $(ITERATION_ARGS) $(if $(filter depot,$(BUILDER)),--load) .
 

@@ -229,12 +229,13 @@ seed_notebooks() {
     [[ -d "$NOTEBOOK_SEED_DIR" ]] || return 0
     [[ "$(cd "$NOTEBOOK_SEED_DIR" && pwd -P)" == "$(cd "$NOTEBOOK_DIR" && pwd -P)" ]] && return 0
     local nb target
-    for nb in "$NOTEBOOK_SEED_DIR"/*.ipynb; do
+    for nb in "$NOTEBOOK_SEED_DIR"/*.ipynb "$NOTEBOOK_SEED_DIR"/recipes/*.ipynb; do
         [[ -f "$nb" ]] || continue
-        target="${NOTEBOOK_DIR}/$(basename "$nb")"
+        target="${NOTEBOOK_DIR}/${nb#"$NOTEBOOK_SEED_DIR"/}"
         if [[ -e "$target" ]]; then
             log "Jupyter: keeping your ${target}; the image's copy is ${nb}"
         else
+            mkdir -p "$(dirname "$target")"
             cp "$nb" "$target"
             log "Jupyter: copied ${nb} to ${target}"
         fi

@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import image_harness as h
-import nbformat
 import pytest
 from browser import CHROMIUM
 from browser import launch as browser_launch
@@ -425,19 +424,32 @@ def copy_of_repo(dest: Path) -> Path:
     return dest
 
 
-def test_iteration_adds_one_small_layer_offline_and_changes_the_worker(base_image, queue,
-                                                                      tmp_path):
+def export_in(repo: Path, notebook: str) -> None:
+    subprocess.run([sys.executable, "-m", "llmkit.export", notebook, "-o", "build/handler.py"],
+                   cwd=repo, check=True, env={**os.environ, "PYTHONPATH": str(repo / "scripts")})
+
+
+def test_the_base_image_carries_its_runtime_api_and_iteration_checks_it(base_image, tmp_path):
+    from llmkit.runtime.versions import API_VERSION, IMAGE_LABEL
+
+    label = h.docker("image", "inspect", "--format",
+                     f'{{{{ index .Config.Labels "{IMAGE_LABEL}" }}}}', base_image)
+    assert label.stdout.strip() == API_VERSION
     repo = copy_of_repo(tmp_path / "repo")
-    path = repo / "notebooks" / "handler_dev.ipynb"
-    notebook = nbformat.read(path, as_version=4)
-    old = '_env("DEFAULT_MAX_TOKENS", int, 512,'
-    cell = next(c for c in notebook.cells if old in c.source)
-    assert "export" in cell.metadata.get("tags", [])
-    cell.source = cell.source.replace(old, '_env("DEFAULT_MAX_TOKENS", int, 3,')
-    nbformat.write(notebook, path)
-    subprocess.run([sys.executable, "-m", "llmkit.export", "notebooks/handler_dev.ipynb",
-                    "-o", "build/handler.py"], cwd=repo, check=True,
-                   env={**os.environ, "PYTHONPATH": str(repo / "scripts")})
+    handler = repo / "build" / "handler.py"
+    handler.write_text(handler.read_text().replace(f'require("{API_VERSION}")', 'require("2.0")'))
+    result = make("image-iteration", "SKIP_EXPORT=1", "DEVICE=cpu", f"IMAGE={IMAGE}", cwd=repo)
+    assert result.returncode != 0
+    assert f"handler.py was written for the kit's runtime API 2.0, but this image's runtime " \
+           f"is API {API_VERSION}" in result.stderr, result.stdout + result.stderr
+    assert "naming to" not in result.stdout + result.stderr  # refused before any build
+
+
+def test_iteration_adds_one_small_layer_offline_and_serves_a_recipe(base_image, queue,
+                                                                     tmp_path):
+    """An iteration image built from a recipe's handler (word_count) serves its change."""
+    repo = copy_of_repo(tmp_path / "repo")
+    export_in(repo, "notebooks/recipes/word_count.ipynb")
     if not h.supports_copy_link():
         # Docker 20.10's builder does not know COPY --link (Docker 23+ does): this copy of
         # the repo drops the flag; the product's Dockerfile_Iteration keeps it.
@@ -462,12 +474,11 @@ def test_iteration_adds_one_small_layer_offline_and_changes_the_worker(base_imag
     try:
         wait_worker(queue, container)
         ask = {"prompt": "Count: one, two, three, four, five, six, seven, eight,",
-               "answerType": "normal", "sampling_params": {"temperature": 0}}
-        short = text_of(run_job(queue, ask))
-        longer = text_of(run_job(queue, {**ask, "sampling_params": {"temperature": 0,
-                                                                    "max_tokens": 24}}))
-        assert len(short.split()) <= 3 and len(longer.split()) > 6, (short, longer)
-        assert longer.startswith(short), "greedy: the default answer is the start of the long one"
+               "answerType": "normal", "sampling_params": {"temperature": 0, "max_tokens": 24}}
+        state = run_job(queue, ask)
+        *texts, last = state["output"]
+        text = "".join(chunk["text"] for chunk in texts)
+        assert last == {"word_count": len(text.split())} and len(text.split()) > 6, state
     finally:
         container.remove()
         wait_no_worker(queue)

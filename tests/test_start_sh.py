@@ -389,6 +389,9 @@ def test_pod_jupyter_opens_on_the_notebooks(pod):
     assert "handler_dev.ipynb" in [item["name"] for item in json.loads(body)["content"]]
     copied = Path(pod.env["NOTEBOOK_DIR"]) / "handler_dev.ipynb"
     assert copied.read_bytes() == (REPO_ROOT / "notebooks" / "handler_dev.ipynb").read_bytes()
+    recipes = sorted(p.name for p in (REPO_ROOT / "notebooks" / "recipes").glob("*.ipynb"))
+    assert recipes and sorted(p.name for p in (copied.parent / "recipes").glob("*.ipynb")) \
+        == recipes, "the recipes are seeded beside the notebook"
     status, headers, _ = http(f"{base}/?token={token}")
     assert status == 302 and urlsplit(headers["Location"]).path == "/lab/tree/handler_dev.ipynb"
     status, _, page = http(f"{base}/lab/tree/handler_dev.ipynb?token={token}")
