@@ -41,6 +41,7 @@ def test_ready_file_gives_the_url_and_pid_but_no_key(tmp_path):
     assert not endpoint.ready_path.exists()
 
 
+@pytest.mark.service  # starts the local endpoint
 def test_workers_that_never_get_ready_leave_no_process_behind(tmp_path, tiny_model_dir):
     handler = tmp_path / "handler.py"
     handler.write_text(NEVER_READY)
@@ -66,6 +67,7 @@ def test_an_endpoint_that_cannot_listen_fails_its_start_and_is_gone(tmp_path):
     assert not alive([endpoint.pid])
 
 
+@pytest.mark.service  # starts the local endpoint
 def test_waiting_for_workers_stops_early_when_they_cannot_start(tmp_path, tiny_model_dir):
     handler = tmp_path / "handler.py"
     handler.write_text('raise SystemExit("MODEL is not set")\n')
