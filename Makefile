@@ -27,7 +27,7 @@ help:
 	@echo "make install          create $(VENV) with vLLM for DEVICE=$(DEVICE)"
 	@echo "make model            convert/check the model named by MODEL"
 	@echo "make tiny-model       generate the tiny random Llama the tests use"
-	@echo "make serve            local Runpod endpoint + worker (SERVE_ARGS=--workers 2 ...)"
+	@echo "make serve            local Runpod endpoint + worker; a new export is served in seconds"
 	@echo "make export-handler   notebook -> $(HANDLER)"
 	@echo "make check-handler    fail if $(HANDLER) is out of date with the notebook"
 	@echo "make bench            benchmarks against raw vLLM -> docs/BENCHMARKS.md (BENCH_ARGS=--quick)"
@@ -75,10 +75,12 @@ demo: install export-handler
 	$(PY) -m llmkit.demo --model "$(MODEL)"
 
 # The local Runpod endpoint: the platform's API on http://127.0.0.1:8000/v2, and
-# handler.py as a worker in the SDK's production loop. SERVE_ARGS: --workers N,
+# handler.py as a worker in the SDK's production loop. --reload: the worker stays up
+# while `make export-handler` (or the notebook's Export cell) rewrites $(HANDLER), and
+# serves each new version on its running engine. SERVE_ARGS: --workers N,
 # --concurrency N, --port N, --api-key KEY, --workers 0 (queue only), ... (--help)
 serve: install export-handler
-	$(PY) -m llmkit.endpoint --model "$(MODEL)" $(SERVE_ARGS)
+	$(PY) -m llmkit.endpoint --model "$(MODEL)" --handler "$(HANDLER)" --reload $(SERVE_ARGS)
 
 test: install
 	$(PY) -m ruff check scripts tests bench

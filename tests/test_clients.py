@@ -176,7 +176,8 @@ def test_runpod_sdk_finds_the_endpoint_through_the_environment(queue_ep):
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     health = json.loads(result.stdout)
-    assert set(health) == {"jobs", "workers"}
+    # The platform's two keys, and the local endpoint's handler list (empty: no worker).
+    assert set(health) == {"jobs", "workers", "handlers"} and health["handlers"] == []
 
 
 # ---- against the real worker (vLLM, tiny model) -------------------------------------

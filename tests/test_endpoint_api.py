@@ -271,7 +271,30 @@ def test_health_has_the_platform_shape(ep):
     health = ep.health()
     assert set(health["jobs"]) == {"completed", "failed", "inProgress", "inQueue", "retried"}
     assert set(health["workers"]) >= {"idle", "running"}
-    assert all(isinstance(v, int) for part in health.values() for v in part.values())
+    assert all(isinstance(v, int) for part in ("jobs", "workers") for v in health[part].values())
+    assert isinstance(health["handlers"], list)  # the local extension, beside them
+
+
+def test_a_workers_handler_report_shows_in_health_and_workers(ep, monkeypatch):
+    """What a reloading worker sends (llmkit/runtime/reload.py), through the runtime's own
+    ping: which handler it serves, and why its last reload failed."""
+    from llmkit.endpoint.worker_api import worker_env
+    from llmkit.runtime.worker_loop import ping
+
+    for name, value in worker_env(ep.base, ep.endpoint_id, "reloading-1", ep.api_key).items():
+        monkeypatch.setenv(name, value)
+    error = "/app/handler.py, line 3: ModuleNotFoundError: No module named 'x'"
+    assert ping({"handler": "0123456789ab", "handler_file": "/app/handler.py", "reloads": 2,
+                 "reload": "failed", "reload_error": error, "restart_needed": "MAX_MODEL_LEN"})
+    mine = [h for h in ep.health()["handlers"] if h["worker"] == "reloading-1"]
+    assert mine == [{"worker": "reloading-1", "sha256": "0123456789ab",
+                     "lastReloadFailed": True}]
+    (worker,) = [w for w in ep.workers() if w["id"] == "reloading-1"]
+    assert worker["handler"] == {"sha256": "0123456789ab", "file": "/app/handler.py",
+                                 "reloads": 2, "lastReloadFailed": True, "reloadError": error,
+                                 "restartNeeded": ["MAX_MODEL_LEN"]}
+    ep.wait_for_log(r"reloading-1: handler reload failed, still serving 0123456789ab: "
+                    r"/app/handler\.py, line 3", timeout=10)
 
 
 def test_a_stale_job_list_in_a_ping_is_reported(ep):

@@ -59,6 +59,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--execution-timeout", type=_positive(float), default=600.0,
                         metavar="SECONDS", help="the endpoint's execution timeout (default "
                         "600); a job's policy.executionTimeout overrides it")
+    parser.add_argument("--reload", action="store_true",
+                        help="the workers watch the handler file and serve each new version "
+                        "on their running engine (HANDLER_RELOAD=true; `make serve` sets it)")
     parser.add_argument("--restarts", type=_count, default=3,
                         help="replace a crashed worker this many times (default 3)")
     parser.add_argument("--print-worker-env", nargs="?", const="worker-ext-1",
@@ -103,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         if args.concurrency:
             worker_vars["CONCURRENCY_MODIFIER"] = str(args.concurrency)
+        if args.reload:
+            worker_vars["HANDLER_RELOAD"] = "true"
         if args.workers > 1 and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
             # On a CPU, the handler binds its engine to every core; several engines on
             # one machine would fight over them. vLLM's own binding shares better.

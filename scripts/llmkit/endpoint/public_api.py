@@ -162,7 +162,9 @@ async def health(request: web.Request) -> web.Response:
     state = endpoint_state(request)
     busy = {job.worker_id for job in state.store.jobs.values() if job.status == jobs.IN_PROGRESS}
     return web.json_response({"jobs": state.store.counts(),
-                              "workers": state.registry.health(busy)})
+                              "workers": state.registry.health(busy),
+                              # local: which handler each worker serves (HANDLER_RELOAD)
+                              "handlers": state.registry.handlers()})
 
 
 @routes.get(P + "/workers")

@@ -34,11 +34,23 @@ class WorkerInfo:
     open_polls: int = 0
     warned_stale: bool = False
     unhealthy_reason: str | None = None  # what the worker reported before exiting
+    handler: dict | None = None  # the handler it serves: sha256, reloads, the last failure
+
+    def heard_handler(self, query) -> None:
+        """A worker's report of its handler (llmkit/runtime/reload.py: at start and at
+        each reload)."""
+        self.handler = {
+            "sha256": query.get("handler"), "file": query.get("handler_file"),
+            "reloads": int(query.get("reloads", "0") or 0),
+            "lastReloadFailed": query.get("reload") == "failed",
+            "reloadError": query.get("reload_error") or None,
+            "restartNeeded": [n for n in query.get("restart_needed", "").split(",") if n]}
 
     def describe(self, jobs: list[str]) -> dict:
         return {"id": self.id, "state": self.state, "pid": self.pid, "slot": self.slot,
                 "supervised": self.supervised, "jobs": jobs, "crashed": self.crashed,
-                "exitReason": self.exit_reason, "unhealthyReason": self.unhealthy_reason}
+                "exitReason": self.exit_reason, "unhealthyReason": self.unhealthy_reason,
+                "handler": self.handler}
 
 
 class Registry:
@@ -110,3 +122,10 @@ class Registry:
                 counts["unhealthy"] += 1
         counts["ready"] = counts["idle"]
         return counts
+
+    def handlers(self) -> list[dict]:
+        """Which handler each live worker serves (workers that report it: HANDLER_RELOAD)."""
+        return [{"worker": w.id, "sha256": w.handler["sha256"],
+                 "lastReloadFailed": w.handler["lastReloadFailed"]}
+                for w in self.workers.values()
+                if w.handler and w.state in (STARTING, READY, DRAINING)]

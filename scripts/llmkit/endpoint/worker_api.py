@@ -7,6 +7,7 @@
     GET  /v2/{id}/job-stop/{worker}?...                            {"jobsToStop": [...]}, or 204
     GET  /v2/{id}/ping/{worker}?...&job_id=a,b&runpod_version=...  heartbeat (a child process)
     GET  /v2/{id}/ping/{worker}?...&status=unhealthy&check=..&reason=..  "exiting, because"
+    GET  /v2/{id}/ping/{worker}?...&job_id=..&handler=SHA&reload=ok|failed&..  its handler
 
 What the SDK does on the wire (read in runpod 1.10's serverless/modules/rp_job.py,
 rp_scale.py, rp_http.py and worker.py, and run against this server):
@@ -218,6 +219,11 @@ async def ping(request: web.Request) -> web.Response:
         log.error("%s reports itself unhealthy and exits: %s", worker_id,
                   info.unhealthy_reason)
         return web.json_response({})
+    if "handler" in request.query:  # a reloading worker says which handler it serves
+        info.heard_handler(request.query)
+        if info.handler["lastReloadFailed"]:
+            log.warning("%s: handler reload failed, still serving %s: %s", worker_id,
+                        info.handler["sha256"], info.handler["reloadError"])
     reported = [i for raw in request.query.getall("job_id", []) for i in raw.split(",") if i]
     if info.state == registry.EXITED and info.supervised:
         return web.json_response({})

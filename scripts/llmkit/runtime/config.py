@@ -64,6 +64,7 @@ class Settings:
     # each post costs CPU that, on a small machine, the engine misses. 0: every step.
     stream_interval_ms: int
     stream_interval_max_ms: int
+    handler_reload: bool  # watch handler.py and serve each new version (reload.py)
     serve_args: argparse.Namespace  # vLLM's parsed `vllm serve` arguments
     used: dict  # the variables that set them
     engine_args: dict  # the engine arguments set; the rest are `vllm serve`'s defaults
@@ -101,12 +102,13 @@ def load(environ=os.environ) -> Settings:
     interval_max = var("STREAM_INTERVAL_MAX_MS", int, max(500, interval),
                        lambda v: interval <= v <= 60_000,
                        f"an integer from STREAM_INTERVAL_MS ({interval}) to 60000")
+    reload = var("HANDLER_RELOAD", _bool, False, expected="true or false")
     serve_args, used = engine_settings(environ, model)
     defaults = vars(make_arg_parser(_Parser()).parse_args([]))
     return Settings(
         model=model, concurrency_modifier=concurrency, default_max_tokens=max_tokens,
         stream_interval_ms=interval, stream_interval_max_ms=interval_max,
-        serve_args=serve_args, used=used,
+        handler_reload=reload, serve_args=serve_args, used=used,
         engine_args={k: v for k, v in vars(serve_args).items()
                      if k == "model" or k in _ENGINE_FIELDS and v != defaults.get(k)})
 

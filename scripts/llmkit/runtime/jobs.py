@@ -14,12 +14,18 @@ from llmkit.runtime.inputs import InputError
 from llmkit.runtime.openai_route import is_openai_job, openai_job
 
 
-def job_function(handler, chat_messages=None):
-    """An async generator function of one job, as runpod.serverless.start takes it."""
+def job_function(handler, chat_messages=None, *, current=None):
+    """An async generator function of one job, as runpod.serverless.start takes it.
+
+    ``current``: instead of a fixed handler, a function that returns (handler,
+    chat_messages) at each job's start (a worker that reloads its handler)."""
+    current = current or (lambda: (handler, chat_messages))
+
     async def run(job):
         job_id = str(job.get("id", "job"))
         job_input = job.get("input")
         openai = is_openai_job(job_input)
+        handler, chat_messages = current()  # this job's, to its end: a reload swaps later ones
         try:
             chunks = openai_job(job_input, job_id, chat_messages) if openai else handler(job)
             async for chunk in chunks:

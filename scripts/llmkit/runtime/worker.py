@@ -5,9 +5,11 @@ calls it; it does, in order:
    pay for it; a bad setting or a model that cannot load ends the worker with a message;
 2. starts the watchdog: the worker exits non-zero soon after vLLM's engine dies, so
    Runpod replaces it instead of it failing every job it takes;
-3. runs the runpod SDK's worker loop with the kit's job-fetch timing (worker_loop.py),
+3. with HANDLER_RELOAD=true, watches the handler's file and serves each new version that
+   loads, on the same engine (reload.py);
+4. runs the runpod SDK's worker loop with the kit's job-fetch timing (worker_loop.py),
    the handler wrapped by jobs.py, and CONCURRENCY_MODIFIER jobs at once;
-4. after SIGTERM, drains the jobs in flight, stops vLLM in order, and exits 0.
+5. after SIGTERM, drains the jobs in flight, stops vLLM in order, and exits 0.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import importlib
 import threading
 
-from llmkit.runtime import vllm_engine
+from llmkit.runtime import reload, vllm_engine
 from llmkit.runtime.jobs import job_function
 from llmkit.runtime.worker_loop import install, quiet_sdk_logs, serve_or_die
 
@@ -25,10 +27,12 @@ def serve(handler, *, chat_messages=None):
 
     ``chat_messages``: the handler's change to chat messages (messages -> messages),
     applied to the OpenAI route's chat requests too."""
-    serve_or_die(lambda: _start(handler, chat_messages))
+    # The file as it is now, before vLLM's minute of start-up: a change meanwhile is a reload.
+    served = reload.Served.of(handler, chat_messages)
+    serve_or_die(lambda: _start(served))
 
 
-def _start(handler, chat_messages):
+def _start(served):
     quiet_sdk_logs()  # before runpod is imported: it reads the level then
     # Importing the runpod SDK takes a second or more (py-cpuinfo probes the CPU). Do it
     # while vLLM starts its engine, not before.
@@ -39,10 +43,13 @@ def _start(handler, chat_messages):
     import runpod  # done by now; raises the real error if the import failed
 
     install(runpod)  # the kit's worker loop (WORKER_LOOP=sdk: the SDK's own)
-    concurrency = vllm_engine.settings().concurrency_modifier
+    settings = vllm_engine.settings()
+    concurrency = settings.concurrency_modifier
+    if settings.handler_reload:
+        reload.Watcher(served).start()
     try:
         runpod.serverless.start({
-            "handler": job_function(handler, chat_messages),
+            "handler": job_function(None, current=served.current),
             # Called on every job-fetch loop: how many jobs this worker runs at once.
             "concurrency_modifier": lambda current: concurrency,
             # The job's final output is the list of chunks it streamed.

@@ -264,20 +264,24 @@ def install(runpod):
     return choice
 
 
-def report_unhealthy(check, reason, timeout=2.0):
-    """Tell the platform why this worker is about to exit, as runpod 1.11 does.
-
-    One GET to the heartbeat URL with status=unhealthy, the check's name and the
-    reason. Best effort: returns False, never raises, when it cannot be sent.
-    """
+def ping(params, timeout=2.0):
+    """One GET to the platform's heartbeat URL with ``params`` added. Best effort: returns
+    False, never raises, when it cannot be sent (no platform, or it does not answer)."""
     url, key = os.environ.get("RUNPOD_WEBHOOK_PING"), os.environ.get("RUNPOD_AI_API_KEY")
     worker_id = os.environ.get("RUNPOD_POD_ID")
     if not url or url == "PING_NOT_SET" or not key or not worker_id:
         return False
     runpod = sys.modules.get("runpod")
+    if "status" not in params and runpod is not None:
+        # A heartbeat like the SDK's own: it names the jobs this worker runs, so the
+        # platform does not take an extra ping for "none". A copy of the SDK's set (one C
+        # call): its get_job_list() reloads the set from disk, racing the job loop.
+        from runpod.serverless.modules.worker_state import JobsProgress
+        running = list(JobsProgress._instance or ())
+        if running:  # the SDK sends none when idle
+            params = {"job_id": ",".join(map(str, running)), **params}
     query = urllib.parse.urlencode({
-        "status": "unhealthy", "check": check, "reason": reason[:256],
-        "runpod_version": getattr(runpod, "__version__", "unknown")})
+        **params, "runpod_version": getattr(runpod, "__version__", "unknown")})
     url = url.replace("$RUNPOD_POD_ID", worker_id)
     request = urllib.request.Request(url + ("&" if "?" in url else "?") + query,
                                      headers={"Authorization": key})
@@ -286,6 +290,12 @@ def report_unhealthy(check, reason, timeout=2.0):
         return True
     except Exception:
         return False
+
+
+def report_unhealthy(check, reason, timeout=2.0):
+    """Tell the platform why this worker is about to exit, as runpod 1.11 does: a ping
+    with status=unhealthy, the check's name and the reason."""
+    return ping({"status": "unhealthy", "check": check, "reason": reason[:256]}, timeout)
 
 
 def exit_now(code, check=None, reason=None):
