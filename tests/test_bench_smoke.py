@@ -73,3 +73,17 @@ def test_chunking_policies_on_a_token_timeline():
     s = ttft_chunks.summarise(times, official, 0.0)
     assert s["posts"] == 6 and s["first_token_ms"] == 0
     assert s["max_delay_ms"] == pytest.approx(490, abs=1)
+
+
+@pytest.mark.engine
+@pytest.mark.timeout(600)
+def test_the_reload_benchmark_runs_quick_and_prints_its_ratio(tmp_path, tiny_model_dir):
+    out = tmp_path / "reload.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.reload", "--quick", "--rounds", "2", "--restarts", "1",
+         "--json", str(out)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=540)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "restart / reload: " in proc.stdout, proc.stdout
+    result = json.loads(out.read_text())["reload"]
+    assert len(result["reload_s"]) == 2 and len(result["restart_s"]) == 1
+    assert 0 < result["reload_median_s"] < result["restart_median_s"]
