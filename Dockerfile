@@ -43,7 +43,8 @@ SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ENV PIP_BREAK_SYSTEM_PACKAGES=1
 
 # openssh-server for pod mode; tini as PID 1 reaps the zombies that Jupyter's
-# kernels and SSH sessions leave, and passes the container's signals on.
+# kernels and SSH sessions leave, and passes the container's signals on; git, so a
+# pod can clone the user's repository, commit the exported handler and push it.
 # The CPU base brings no Python: Debian's python3 and pip, and libnuma1, without
 # which vLLM's CPU build fails to import (libnuma.so.1). And g++ with Python's
 # headers: vLLM compiles some functions with torch's Inductor at run time (the
@@ -62,7 +63,7 @@ RUN if [ "$DEVICE" = cpu ]; then \
     else echo "DEVICE=${DEVICE}: expected gpu or cpu" >&2; exit 1; fi \
     && apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        openssh-server tini ${extra} \
+        openssh-server tini git ${extra} \
     && rm -f /etc/ssh/ssh_host_* \
     && rm -rf /var/lib/apt/lists/*
 

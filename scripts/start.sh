@@ -32,7 +32,10 @@ JUPYTER_PORT="${JUPYTER_PORT:-8888}"
 JUPYTER_IP="${JUPYTER_IP:-0.0.0.0}"
 NOTEBOOK_DIR="${NOTEBOOK_DIR:-/workspace/notebooks}"
 NOTEBOOK_SEED_DIR="${NOTEBOOK_SEED_DIR:-/opt/runpod-llm-kit/notebooks}"
-JUPYTER_DEFAULT_URL="${JUPYTER_DEFAULT_URL:-/lab/tree/handler_dev.ipynb}"
+# Jupyter's files start one level up, at the volume: a clone of your repository in
+# /workspace opens in Jupyter Lab beside the seeded notebooks.
+JUPYTER_ROOT_DIR="${JUPYTER_ROOT_DIR:-$(dirname "$NOTEBOOK_DIR")}"
+JUPYTER_DEFAULT_URL="${JUPYTER_DEFAULT_URL:-/lab/tree/$(basename "$NOTEBOOK_DIR")/handler_dev.ipynb}"
 # Shared memory: vLLM's processes talk through /dev/shm
 SHM_DIR="${SHM_DIR:-/dev/shm}"
 SHM_MIN_MB="${SHM_MIN_MB:-512}"
@@ -276,7 +279,7 @@ start_jupyter() {
     JUPYTER_TOKEN="$token" "$PYTHON" -m jupyterlab \
         --no-browser --allow-root \
         --ip="$JUPYTER_IP" --port="$JUPYTER_PORT" --ServerApp.port_retries=0 \
-        --ServerApp.root_dir="$NOTEBOOK_DIR" \
+        --ServerApp.root_dir="$JUPYTER_ROOT_DIR" \
         --LabApp.default_url="$JUPYTER_DEFAULT_URL" \
         --ServerApp.password='' \
         --ServerApp.allow_origin='*' \
@@ -285,7 +288,7 @@ start_jupyter() {
         --LabApp.news_url=None \
         --LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate &
     SERVICE_PIDS+=("$!")
-    log "Jupyter Lab: port ${JUPYTER_PORT}, notebooks in ${NOTEBOOK_DIR}, pid $!"
+    log "Jupyter Lab: port ${JUPYTER_PORT}, files in ${JUPYTER_ROOT_DIR}, notebooks in ${NOTEBOOK_DIR}, pid $!"
     if [[ -n "${RUNPOD_POD_ID:-}" ]]; then
         log "Jupyter Lab: https://${RUNPOD_POD_ID}-${JUPYTER_PORT}.proxy.runpod.net${JUPYTER_DEFAULT_URL}"
     fi
@@ -321,6 +324,12 @@ exec_worker() {
     mkdir -p "$WORKER_DIR"
     rm -f "${WORKER_DIR}/.runpod_jobs.pkl"
     cd "$WORKER_DIR"
+    if [[ "$MODE_TO_RUN" == both ]]; then
+        # Beside Jupyter the handler changes while the worker runs: serve each new export
+        # on the running engine (export_notebook() in the notebook installs it here).
+        export HANDLER_RELOAD="${HANDLER_RELOAD:-true}"
+        log "worker: HANDLER_RELOAD=${HANDLER_RELOAD}: a new ${HANDLER_PATH} is served without a restart"
+    fi
     log "worker: ${PYTHON} ${HANDLER_PATH} (MODEL=${MODEL:-unset}, CONCURRENCY_MODIFIER=${CONCURRENCY_MODIFIER:-1})"
     exec "$PYTHON" -u "$HANDLER_PATH"
 }

@@ -189,3 +189,53 @@ def test_cli_reports_every_problem_and_fails(tmp_path):
     assert "cell 0 (id cell-0), line 1" in result.stderr
     assert "cell 1 (id cell-1)" in result.stderr and "unknown tag 'oops'" in result.stderr
     assert not (tmp_path / "h.py").exists()
+
+
+# --- export_notebook(): from inside Jupyter ------------------------------------------------
+
+def project_with_notebook(root):
+    (root / "notebooks").mkdir(parents=True)
+    return make_notebook(root / "notebooks" / "handler_dev.ipynb", (GOOD_HANDLER, ["export"]))
+
+
+def test_export_notebook_writes_the_projects_build_handler(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("MODE_TO_RUN", raising=False)
+    workspace = tmp_path / "workspace"  # a pod's volume: no clone, notebooks/ in it
+    notebook = project_with_notebook(workspace)
+    monkeypatch.setenv("JPY_SESSION_NAME", str(notebook))  # Jupyter names the notebook so
+    written = export.export_notebook()
+    assert written == workspace / "build" / "handler.py"
+    assert written.read_text() == export.export(notebook)
+    assert f"wrote {written} from {notebook}" in capsys.readouterr().out
+    clone = tmp_path / "workspace" / "my-endpoint"  # a clone: its root holds .git
+    (clone / ".git").mkdir(parents=True)
+    (clone / "notebooks" / "recipes").mkdir(parents=True)
+    recipe = make_notebook(clone / "notebooks" / "recipes" / "r.ipynb", (GOOD_HANDLER, ["export"]))
+    assert export.export_notebook(recipe) == clone / "build" / "handler.py"
+
+
+def test_export_notebook_in_both_mode_installs_for_the_worker(tmp_path, monkeypatch, capsys):
+    notebook = project_with_notebook(tmp_path / "workspace")
+    served = tmp_path / "app" / "handler.py"
+    monkeypatch.setenv("MODE_TO_RUN", "both")
+    monkeypatch.setenv("HANDLER_PATH", str(served))
+    written = export.export_notebook(notebook)
+    assert served.read_text() == written.read_text()
+    assert f"installed at {served}" in capsys.readouterr().out
+    assert not list(served.parent.glob(".*.tmp")), "no temporary file is left behind"
+
+
+def test_export_notebook_checks_as_make_export_handler_does(tmp_path, monkeypatch):
+    monkeypatch.setenv("MODE_TO_RUN", "both")
+    served = tmp_path / "app" / "handler.py"
+    monkeypatch.setenv("HANDLER_PATH", str(served))
+    notebook = make_notebook(tmp_path / "nb.ipynb", ("%time 1\n" + GOOD_HANDLER, ["export"]))
+    with pytest.raises(export.ExportError, match="IPython magic"):
+        export.export_notebook(notebook)
+    assert not served.exists() and not (tmp_path / "build").exists(), "nothing written"
+
+
+def test_export_notebook_outside_jupyter_asks_for_the_path(monkeypatch):
+    monkeypatch.delenv("JPY_SESSION_NAME", raising=False)
+    with pytest.raises(export.ExportError, match=r"pass its path, export_notebook\("):
+        export.export_notebook()

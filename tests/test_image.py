@@ -37,6 +37,7 @@ from image_fixtures import (
     wait_worker,
     worker_env,
 )
+from jupyter_api import Jupyter
 
 from llmkit.endpoint.harness import EndpointProcess
 from llmkit.paths import REPO_ROOT
@@ -313,7 +314,7 @@ def test_pod_playground_streams_an_answer_in_the_browser(pod):
             page.goto(jupyter)
             page.fill("#password_input", PASSWORD)
             page.click("#login_submit")
-            page.wait_for_url("**/lab/tree/handler_dev.ipynb**")
+            page.wait_for_url("**/lab/tree/notebooks/handler_dev.ipynb**")
             # The kernel connected and idle, as the status bar says ("... | Idle"): "Run All"
             # clicked while it still connects can be dropped by JupyterLab.
             page.get_by_text(re.compile(r"runpod-llm-kit\)\s*\|\s*Idle")).first.wait_for()
@@ -375,6 +376,55 @@ def test_pod_playground_streams_an_answer_in_the_browser(pod):
     print(f"playground: {len(seen)} growing values, {status}; screenshot {SCREENSHOT}")
 
 
+def test_pod_git_loop_edit_export_commit_push(pod, tmp_path):
+    """The loop from a pod (README, *From a pod*) against a local bare repository: clone
+    into /workspace, edit a tagged cell through Jupyter, export in the notebook's kernel,
+    commit and push. The pushed commit holds the new build/handler.py."""
+    container, _, jupyter_url, workspace = pod
+    identity = ["-c", "user.name=kit-test", "-c", "user.email=kit-test@example.com"]
+
+    def git(*args, cwd=None):
+        return subprocess.run(["git", *identity, *args], cwd=cwd, check=True,
+                              capture_output=True, text=True).stdout
+
+    source = copy_of_repo(tmp_path / "source")
+    git("init", "-q", "-b", "main", cwd=source)
+    git("add", "-A", cwd=source)
+    git("commit", "-q", "-m", "the kit", cwd=source)
+    remote = workspace / "remote.git"  # the pod sees it at /workspace/remote.git
+    git("clone", "-q", "--bare", str(source), str(remote))
+
+    def in_pod(*command):
+        return h.docker("exec", container.name, *command).stdout
+
+    clone = "/workspace/my-endpoint"
+    in_pod("git", "clone", "-q", "/workspace/remote.git", clone)
+    jupyter = Jupyter(jupyter_url, PASSWORD)
+    notebook = "my-endpoint/notebooks/handler_dev.ipynb"
+    content = jupyter.notebook(notebook)
+    cell = next(c for c in content["cells"] if c.get("id") == "handler")
+    code = "".join(cell["source"])
+    assert 'yield {"text": text}' in code
+    cell["source"] = code.replace('yield {"text": text}', 'yield {"text": text, "pod": 1}')
+    jupyter.save_notebook(notebook, content)
+    printed = jupyter.run(notebook, "from llmkit.export import export_notebook\n"
+                                    "export_notebook()")
+    assert f"wrote {clone}/build/handler.py" in printed, printed
+    in_pod("git", "-C", clone, *identity, "commit", "-q", "-am", "handler: a field")
+    in_pod("git", "-C", clone, "push", "-q", "origin", "main")
+
+    pushed = git("--git-dir", str(remote), "show", "main:build/handler.py")
+    assert 'yield {"text": text, "pod": 1}' in pushed
+    # What the repository's workflow checks before it builds the iteration image.
+    checkout = tmp_path / "checkout"
+    git("clone", "-q", str(remote), str(checkout))
+    check = subprocess.run([sys.executable, "-m", "llmkit.export", "notebooks/handler_dev.ipynb",
+                            "-o", "build/handler.py", "--check"], cwd=checkout,
+                           capture_output=True, text=True,
+                           env={**os.environ, "PYTHONPATH": str(checkout / "scripts")})
+    assert check.returncode == 0, check.stderr
+
+
 # --- 5 + 7. volumes, and both modes in one container -------------------------------------
 
 def test_both_mode_on_empty_volumes_serves_a_job_and_answers_ssh_and_jupyter(
@@ -403,6 +453,18 @@ def test_both_mode_on_empty_volumes_serves_a_job_and_answers_ssh_and_jupyter(
         lab = requests.get(f"http://127.0.0.1:{jupyter}/api/status",
                            headers={"Authorization": f"token {PASSWORD}"}, timeout=30)
         assert lab.status_code == 200, lab.text
+        # The loop beside the worker: a recipe exported in its notebook's own kernel is
+        # installed at /app/handler.py, and the running worker serves it, engine and all.
+        printed = Jupyter(f"http://127.0.0.1:{jupyter}", PASSWORD).run(
+            "notebooks/recipes/word_count.ipynb",
+            "from llmkit.export import export_notebook\nexport_notebook()")
+        assert "wrote /workspace/build/handler.py" in printed, printed
+        assert "installed at /app/handler.py" in printed, printed
+        container.wait_for_log(r"handler reload: now serving /app/handler\.py", timeout=30)
+        state = run_job(queue, {"prompt": "One, two, three,", "answerType": "normal",
+                                "sampling_params": {"max_tokens": 8, "temperature": 0}})
+        assert state["status"] == "COMPLETED" and "word_count" in state["output"][-1], state
+        assert "vLLM's engine shut down" not in container.logs(), "no restart"
     finally:
         container.remove()
         wait_no_worker(queue)

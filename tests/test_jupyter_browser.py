@@ -77,7 +77,7 @@ def test_log_in_and_open_the_development_notebook(jupyter):
             page.fill("#password_input", PASSWORD)
             page.click("#login_submit")
             # start.sh points the default URL at the notebook.
-            page.wait_for_url("**/lab/tree/handler_dev.ipynb**")
+            page.wait_for_url("**/lab/tree/notebooks/handler_dev.ipynb**")
             notebook = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook")
             notebook.wait_for()
             heading = page.locator(".jp-MarkdownOutput h1", has_text="Handler development notebook")

@@ -40,7 +40,8 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0,
                                 reason="sshd needs root (its privilege-separation dir /run/sshd)")
 # Settings from the caller's environment that would change what start.sh does.
 _SCRUB = ("MODE_TO_RUN", "PUBLIC_KEY", "JUPYTER_PASSWORD", "JUPYTER_TOKEN", "MODEL",
-          "MODEL_ROOT", "CONCURRENCY_MODIFIER", "MAX_MODEL_LEN", "HANDLER_PATH", "WORKER_DIR")
+          "MODEL_ROOT", "CONCURRENCY_MODIFIER", "MAX_MODEL_LEN", "HANDLER_PATH", "WORKER_DIR",
+          "HANDLER_RELOAD")
 
 
 def free_port() -> int:
@@ -384,7 +385,8 @@ def test_pod_jupyter_needs_the_token(pod):
 def test_pod_jupyter_opens_on_the_notebooks(pod):
     token = pod.wait_for_log(r"generated token: ([0-9a-f]{48})\b", 5)[1]
     base = f"http://127.0.0.1:{pod.env['JUPYTER_PORT']}"
-    status, _, body = http(f"{base}/api/contents?token={token}")
+    # Jupyter's files start at the volume (a clone of the user's repository opens there too).
+    status, _, body = http(f"{base}/api/contents/notebooks?token={token}")
     assert status == 200
     assert "handler_dev.ipynb" in [item["name"] for item in json.loads(body)["content"]]
     copied = Path(pod.env["NOTEBOOK_DIR"]) / "handler_dev.ipynb"
@@ -393,9 +395,26 @@ def test_pod_jupyter_opens_on_the_notebooks(pod):
     assert recipes and sorted(p.name for p in (copied.parent / "recipes").glob("*.ipynb")) \
         == recipes, "the recipes are seeded beside the notebook"
     status, headers, _ = http(f"{base}/?token={token}")
-    assert status == 302 and urlsplit(headers["Location"]).path == "/lab/tree/handler_dev.ipynb"
-    status, _, page = http(f"{base}/lab/tree/handler_dev.ipynb?token={token}")
+    assert status == 302 and \
+        urlsplit(headers["Location"]).path == "/lab/tree/notebooks/handler_dev.ipynb"
+    status, _, page = http(f"{base}/lab/tree/notebooks/handler_dev.ipynb?token={token}")
     assert status == 200 and "JupyterLab" in page
+
+
+def test_pod_notebook_exports_from_its_own_kernel(pod):
+    """The notebook's Export cell, run in the notebook's kernel as JupyterLab starts it:
+    Jupyter names the notebook, and build/handler.py lands beside notebooks/, the same
+    file `make export-handler` writes from the repository."""
+    from jupyter_api import Jupyter
+
+    token = pod.wait_for_log(r"generated token: ([0-9a-f]{48})\b", 5)[1]
+    jupyter = Jupyter(f"http://127.0.0.1:{pod.env['JUPYTER_PORT']}", token)
+    printed = jupyter.run("notebooks/handler_dev.ipynb",
+                          "from llmkit.export import export_notebook\nexport_notebook()")
+    written = Path(pod.env["NOTEBOOK_DIR"]).parent / "build" / "handler.py"
+    assert f"wrote {written} from " in printed, printed
+    assert "installed at" not in printed, "pod mode: no worker to install it for"
+    assert written.read_text() == (REPO_ROOT / "build" / "handler.py").read_text()
 
 
 def test_pod_hooks_ran_in_order(pod):
@@ -454,6 +473,7 @@ signal.signal(signal.SIGTERM, stop)
 with open(out, "w") as f:
     json.dump({"pid": os.getpid(), "cwd": os.getcwd(),
                "model": os.environ.get("MODEL"),
+               "reload": os.environ.get("HANDLER_RELOAD"),
                "leftover": os.path.exists(".runpod_jobs.pkl")}, f)
 while True:
     time.sleep(0.1)
@@ -491,6 +511,7 @@ def test_serverless_execs_the_worker_which_gets_sigterm(tmp_path):
         assert info["pid"] == run.proc.pid, "start.sh must exec the worker, not run it as a child"
         assert info["cwd"] == str(worker_dir) and info["leftover"] is False
         assert info["model"] == "/models/some/model"
+        assert info["reload"] is None, "a production worker watches no files"
         assert marks.read_text().split() == ["pre_start", "post_start"]
         assert not (tmp_path / "workspace").exists(), "no pod services in serverless mode"
         run.proc.send_signal(signal.SIGTERM)
@@ -509,6 +530,7 @@ def test_both_runs_jupyter_and_execs_the_worker(tmp_path):
     try:
         info = json.loads(wait_for_file(Path(f"{handler}.json"), run))
         assert info["pid"] == run.proc.pid, "the worker is in the foreground (exec)"
+        assert info["reload"] == "true", "beside Jupyter the worker serves each new export"
         wait_for_jupyter(run)
         base = f"http://127.0.0.1:{env['JUPYTER_PORT']}"
         assert http(f"{base}/api/status")[0] == 403

@@ -10,7 +10,10 @@ generator `handler(job)`, which the template's footer hands to the kit's runtime
 Every problem names the notebook, the cell and the line.
 
 The output is deterministic (no execution counts, no timestamps), so `--check`
-can compare it byte for byte with the committed file.
+can compare it byte for byte with the committed file. It replaces the file whole, so a
+worker that reloads its handler.py never reads it half-written.
+
+From inside Jupyter, `export_notebook()` does the same for the notebook it runs in.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import difflib
 import os
 import re
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,12 +172,17 @@ def _own_nodes(func):
 
 
 def _display_path(path: Path) -> str:
-    """Path as shown in messages and the header: relative, so output is the same in every clone."""
-    try:
-        return os.path.relpath(path.resolve(), REPO_ROOT) if path.resolve().is_relative_to(
-            REPO_ROOT) else os.path.relpath(path.resolve())
-    except ValueError:
-        return path.name
+    """Path as shown in messages and the header: relative to its project, so that every
+    clone, and an export from inside Jupyter or from `make`, write the same file."""
+    return path.resolve().relative_to(_project_root(path)).as_posix()
+
+
+def _project_root(notebook: Path) -> Path:
+    """The clone the notebook is in (nearest folder with .git), else the folder above its
+    `notebooks/` folder (a pod's /workspace, the image's kit), else its own folder."""
+    folders = notebook.resolve().parents
+    return next((f for f in folders if (f / ".git").exists()), None) \
+        or next((f.parent for f in folders if f.name == "notebooks"), folders[0])
 
 
 def export(notebook: Path) -> str:
@@ -197,6 +206,45 @@ def export(notebook: Path) -> str:
     if problems:
         raise ExportError(problems)
     return rendered.rstrip("\n") + "\n"
+
+
+def write(path: Path, text: str) -> None:
+    """Replace ``path`` whole: a temporary file beside it, renamed over it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+def export_notebook(notebook: str | Path | None = None,
+                    output: str | Path | None = None) -> Path:
+    """Export from inside Jupyter, with the same checks as `make export-handler`.
+
+    ``notebook``: this notebook (Jupyter tells the kernel its path), else a path. It reads
+    the saved file: save first. ``output``: default build/handler.py in the notebook's
+    project. In MODE_TO_RUN=both the result is also installed at HANDLER_PATH, which the
+    worker beside Jupyter serves within seconds (HANDLER_RELOAD). Returns ``output``.
+    """
+    notebook = notebook or os.environ.get("JPY_SESSION_NAME")
+    if not notebook or not str(notebook).endswith(".ipynb"):
+        raise ExportError([Problem("(this kernel)", "no notebook to export: Jupyter did not "
+                                   "name this kernel's notebook; pass its path, "
+                                   "export_notebook('handler_dev.ipynb')")])
+    notebook = Path(notebook)
+    if not notebook.is_absolute() and not notebook.exists():  # a path under Jupyter's root
+        notebook = Path.cwd() / notebook.name  # the kernel runs in the notebook's folder
+    output = Path(output) if output else _project_root(notebook) / "build" / "handler.py"
+    text = export(notebook)
+    write(output, text)
+    saved = time.strftime("%H:%M:%S", time.localtime(notebook.stat().st_mtime))
+    print(f"wrote {output} from {notebook} (saved at {saved})")
+    target = os.environ.get("HANDLER_PATH", "")
+    if os.environ.get("MODE_TO_RUN", "").strip().lower() == "both" and target \
+            and Path(target).resolve() != output.resolve():
+        write(Path(target), text)
+        print(f"installed at {target}: the worker serves it within seconds")
+    return output
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -224,8 +272,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(f"{args.output} is up to date with {args.notebook}")
         return 0
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(text)
+    write(args.output, text)
     print(f"wrote {args.output} from {args.notebook}")
     return 0
 
