@@ -10,6 +10,7 @@ import uuid
 from pathlib import PurePosixPath
 
 import requests
+from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
 KERNEL = "runpod-llm-kit"
@@ -46,9 +47,8 @@ class Jupyter:
             self._call("DELETE", f"sessions/{session['id']}")
 
     async def _execute(self, kernel_id: str, code: str, timeout: float) -> str:
-        url = self.base.replace("http", "ws", 1) + \
-            f"/api/kernels/{kernel_id}/channels?token={self.token}"
-        socket = await websocket_connect(url)
+        url = self.base.replace("http", "ws", 1) + f"/api/kernels/{kernel_id}/channels"
+        socket = await websocket_connect(HTTPRequest(url, headers=self.headers))
         msg_id = uuid.uuid4().hex
         socket.write_message(json.dumps({
             "header": {"msg_id": msg_id, "msg_type": "execute_request", "username": "test",
