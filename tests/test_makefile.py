@@ -26,3 +26,12 @@ def test_help_lists_every_target():
     assert {"demo", "test", "test-fast", "image"} <= targets()  # the parse finds them
     assert targets() - listed - {"help"} == set(), "add them to `make help`"
     assert listed - targets() == set(), "`make help` names targets that do not exist"
+
+
+def test_make_serve_keeps_its_worker_and_serves_each_new_export():
+    """`make serve`'s workers reload build/handler.py (tests/test_reload_worker.py runs
+    python -m llmkit.endpoint --reload for real)."""
+    out = subprocess.run(["make", "-n", "serve"], cwd=REPO_ROOT, capture_output=True, text=True,
+                         timeout=60).stdout
+    command = next(line for line in out.splitlines() if "-m llmkit.endpoint" in line)
+    assert "--reload" in command and '--handler "build/handler.py"' in command, command
