@@ -15,7 +15,8 @@ TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {
 
 
 def features(model: str) -> list[tuple[str, str, dict]]:
-    """(name, "chat" or "text", the request's arguments): every feature the host tests try."""
+    """(name, "chat", "text" or "responses", the request's arguments): every feature the
+    host tests try."""
     chat = {"model": model, "messages": HI, "max_tokens": 8}
     text = {"model": model, "prompt": "Once upon a time", "max_tokens": 8}
     return [
@@ -43,6 +44,9 @@ def features(model: str) -> list[tuple[str, str, dict]]:
         ("bad temperature", "chat", {**chat, "temperature": -1}),
         ("over-long prompt", "text", {**text, "prompt": "fox dog " * 5000}),
         ("unknown model", "chat", {**chat, "model": "no-such-model"}),
+        ("responses", "responses", {"model": model, "input": "Hi", "max_output_tokens": 8}),
+        ("responses stream", "responses",
+         {"model": model, "input": "Hi", "max_output_tokens": 8, "stream": True}),
     ]
 
 
@@ -51,8 +55,8 @@ def send_each(client: openai.OpenAI, model: str) -> dict[str, str]:
     (5xx) or a broken connection fails at once, naming the feature."""
     outcomes = {}
     for name, kind, args in features(model):
-        create = client.chat.completions.create if kind == "chat" else \
-            client.completions.create
+        create = {"chat": client.chat.completions.create, "text": client.completions.create,
+                  "responses": client.responses.create}[kind]
         try:
             reply = create(**args)
             if args.get("stream"):

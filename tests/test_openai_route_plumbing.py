@@ -130,6 +130,28 @@ def test_a_failed_job_is_an_openai_error_with_its_status(ep):
     assert "disk on fire" in message and "Traceback" not in message and ".py" not in message
 
 
+def test_messages_errors_have_anthropics_shape(ep):
+    """/v1/messages answers in Anthropic's error shape, so its client raises its own types."""
+    import anthropic
+
+    claude = anthropic.Anthropic(base_url=f"{ep.url}/openai", auth_token=ep.api_key,
+                                 api_key=None, max_retries=0)
+    with pytest.raises(anthropic.NotFoundError) as missing:
+        claude.messages.create(model="nope", max_tokens=4,
+                               messages=[{"role": "user", "content": "hi"}])
+    assert missing.value.body == {"type": "error", "error": {
+        "type": "not_found_error", "message": "The model `nope` does not exist."}}
+    reply = ep.call("POST", "openai/v1/messages", data="not json")
+    assert reply.status_code == 400 and reply.json()["type"] == "error"
+    assert reply.json()["error"]["type"] == "invalid_request_error"
+    wrong = anthropic.Anthropic(base_url=f"{ep.url}/openai", auth_token="wrong", api_key=None,
+                                max_retries=0)
+    with pytest.raises(anthropic.AuthenticationError) as denied:
+        wrong.messages.create(model="fake", max_tokens=4,
+                              messages=[{"role": "user", "content": "hi"}])
+    assert denied.value.body["error"]["type"] == "authentication_error"
+
+
 def test_a_failure_mid_stream_ends_the_stream_with_an_error_event(ep):
     stream = client(ep).chat.completions.create(
         model="fake", max_tokens=5, stream=True, messages=[{"role": "user", "content": "hi"}],

@@ -1,14 +1,17 @@
 """The OpenAI-compatible route, as the platform's gateway serves it.
 
-    POST /v2/{id}/openai/v1/chat/completions | /completions     GET /v2/{id}/openai/v1/models
+    POST /v2/{id}/openai/v1/chat/completions | /completions | /responses | /messages
+    GET  /v2/{id}/openai/v1/models
 
-Clients use the official ``openai`` client with ``base_url=.../v2/{id}/openai/v1``.
+Clients use the official ``openai`` client with ``base_url=.../v2/{id}/openai/v1``, and
+Anthropic's ``anthropic`` client (Messages) with ``base_url=.../v2/{id}/openai``.
 Each request becomes an ordinary job, ``{"openai_route": "/v1/...", "openai_input":
 <the request body>}`` (``/v1/models`` has no body), that any worker takes as usual.
 The handler answers with one dict (the response body) or, for ``"stream": true``,
 strings that joined form the server-sent-events body; this module relays them as they
-arrive. A failed job becomes an OpenAI error body with a fitting status, so the client
-raises its own exception types. A client that hangs up cancels its job.
+arrive. A failed job becomes an error body with a fitting status, in the API's own shape
+(Anthropic's for /messages, OpenAI's for the rest), so each client raises its own exception
+types. A client that hangs up cancels its job.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from llmkit.endpoint import jobs
 from llmkit.endpoint.auth import endpoint_state
 from llmkit.endpoint.config import RUNSYNC_LIMIT, EndpointState
 from llmkit.endpoint.httputil import ApiError, hung_up, read_json
+from llmkit.runtime.error_shapes import anthropic_error, stream_error
 
 log = logging.getLogger("llmkit.endpoint")
 routes = web.RouteTableDef()
@@ -54,10 +58,13 @@ def error_type(status: int) -> str:
 
 
 def error_response(status: int, message: str, *, err_type: str | None = None,
-                   param: Any = None, code: Any = None, retry: bool = True) -> web.Response:
-    """OpenAI's error shape: {"error": {"message", "type", "param", "code"}}."""
-    body = {"error": {"message": message, "type": err_type or error_type(status),
-                      "param": param, "code": status if code is None else code}}
+                   param: Any = None, code: Any = None, retry: bool = True,
+                   route: str = "") -> web.Response:
+    """OpenAI's error shape, {"error": {"message", "type", "param", "code"}}; for
+    /v1/messages, Anthropic's, {"type": "error", "error": {"type", "message"}}."""
+    body = anthropic_error(status, message) if route == "/v1/messages" else \
+        {"error": {"message": message, "type": err_type or error_type(status),
+                   "param": param, "code": status if code is None else code}}
     headers = None if retry else {"x-should-retry": "false"}
     return web.json_response(body, status=status, headers=headers)
 
@@ -68,19 +75,21 @@ async def openai_errors(request: web.Request, handler):
     platform's {"error": "..."}). Registered inside ``json_errors``."""
     if not _OPENAI_PATH.match(request.path):
         return await handler(request)
+    route = "/v1/messages" if request.path.endswith("/v1/messages") else ""
     try:
         return await handler(request)
     except ApiError as err:
-        return error_response(err.status, err.message)
+        return error_response(err.status, err.message, route=route)
     except web.HTTPException as err:
         if err.status < 400:
             raise
         message = {
             404: f"no such route: {request.method} {request.path}; the OpenAI route serves "
-                 "POST /chat/completions, POST /completions and GET /models",
+                 "POST /chat/completions, /completions, /responses and /messages, and "
+                 "GET /models",
             405: f"method {request.method} is not allowed on {request.path}",
         }.get(err.status, err.text or err.reason)
-        return error_response(err.status, message)
+        return error_response(err.status, message, route=route)
 
 
 # ---- the routes ------------------------------------------------------------------------
@@ -94,6 +103,16 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 @routes.post(P + "/completions")
 async def completions(request: web.Request) -> web.StreamResponse:
     return await _serve(request, "/v1/completions")
+
+
+@routes.post(P + "/responses")
+async def responses(request: web.Request) -> web.StreamResponse:
+    return await _serve(request, "/v1/responses")
+
+
+@routes.post(P + "/messages")
+async def messages(request: web.Request) -> web.StreamResponse:
+    return await _serve(request, "/v1/messages")
 
 
 @routes.get(P + "/models")
@@ -118,10 +137,10 @@ async def _serve(request: web.Request, route: str, has_body: bool = True) -> web
         if not await _wait(state, job, request, lambda: bool(job.stream)):
             return web.Response(status=499)  # nobody is listening
         if job.stream and isinstance(job.stream[0], str):
-            return await _relay_stream(state, job, request)
+            return await _relay_stream(state, job, request, route)
         if not await _wait(state, job, request, lambda: False):
             return web.Response(status=499)
-        return _final_reply(state, job)
+        return _final_reply(state, job, route)
     finally:
         if not job.final:  # the client hung up, or the server is stopping this request
             state.store.cancel(job)
@@ -137,9 +156,9 @@ async def _wait(state: EndpointState, job: jobs.Job, request: web.Request, ready
     return True
 
 
-def _final_reply(state: EndpointState, job: jobs.Job) -> web.Response:
+def _final_reply(state: EndpointState, job: jobs.Job, route: str) -> web.Response:
     if job.status != jobs.COMPLETED:
-        return _job_error(state, job)
+        return _job_error(state, job, route)
     output = job.payload().get("output")
     # return_aggregate_stream makes a generator's output the list of what it yielded.
     if isinstance(output, list) and len(output) == 1:
@@ -148,13 +167,13 @@ def _final_reply(state: EndpointState, job: jobs.Job) -> web.Response:
         log.warning("job %s: the worker's answer is not an OpenAI response body: %.200r",
                     job.id, output)
         return error_response(500, f"job {job.id}: the worker answered with "
-                                   f"{type(output).__name__}, not an OpenAI response body "
-                                   "(one JSON object)")
+                                   f"{type(output).__name__}, not a response body "
+                                   "(one JSON object)", route=route)
     return web.json_response(output)
 
 
-async def _relay_stream(state: EndpointState, job: jobs.Job,
-                        request: web.Request) -> web.StreamResponse:
+async def _relay_stream(state: EndpointState, job: jobs.Job, request: web.Request,
+                        route: str) -> web.StreamResponse:
     reply = web.StreamResponse(status=200, headers={"Cache-Control": "no-cache"})
     reply.content_type = "text/event-stream"
     reply.charset = "utf-8"
@@ -171,9 +190,11 @@ async def _relay_stream(state: EndpointState, job: jobs.Job,
             if not await _wait(state, job, request, lambda n=sent: n < len(job.stream)):
                 return reply  # the client hung up: _serve cancels the job
         if job.status != jobs.COMPLETED:
-            # Mid-stream failure: an error event, as vLLM sends one, then the end.
-            error = json.loads(_job_error(state, job).text)
-            await reply.write(f"data: {json.dumps(error)}\n\ndata: [DONE]\n\n".encode())
+            # Mid-stream failure: an error event in the route's shape, then the end.
+            failed = _job_error(state, job, route)
+            body = json.loads(failed.text)
+            message = (body.get("error") or {}).get("message", "the job failed")
+            await reply.write(stream_error(route, failed.status, message).encode())
         await reply.write_eof()
     except ConnectionError:
         pass  # the client hung up while we wrote: _serve cancels the job
@@ -188,18 +209,20 @@ def _sse_text(chunk: Any) -> str:
 # ---- a job that ended without an answer ----------------------------------------------------
 
 
-def _job_error(state: EndpointState, job: jobs.Job) -> web.Response:
+def _job_error(state: EndpointState, job: jobs.Job, route: str) -> web.Response:
     if job.status == jobs.CANCELLED:
         return error_response(CANCELLED_STATUS, f"job {job.id} was cancelled before it "
-                              "finished (POST /cancel or /purge-queue)", retry=False)
+                              "finished (POST /cancel or /purge-queue)", retry=False,
+                              route=route)
     if job.status == jobs.TIMED_OUT:
-        return error_response(TIMED_OUT_STATUS, f"job {job.id}: {job.error}", retry=False)
+        return error_response(TIMED_OUT_STATUS, f"job {job.id}: {job.error}", retry=False,
+                              route=route)
     if state.closing:
-        return error_response(SHUTDOWN_STATUS, f"job {job.id}: {job.error}")
-    return worker_error(job.error or "the job failed with no message")
+        return error_response(SHUTDOWN_STATUS, f"job {job.id}: {job.error}", route=route)
+    return worker_error(job.error or "the job failed with no message", route)
 
 
-def worker_error(text: str) -> web.Response:
+def worker_error(text: str, route: str = "") -> web.Response:
     """A FAILED job's error string as an OpenAI error.
 
     The runpod SDK turns a yielded {"error": value} into ``str(value)``, so an OpenAI
@@ -213,12 +236,13 @@ def worker_error(text: str) -> web.Response:
         ok = isinstance(code, int) and not isinstance(code, bool) and 400 <= code <= 599
         status = code if ok else 500
         return error_response(status, str(parsed["message"]), err_type=parsed.get("type"),
-                              param=parsed.get("param"), code=code)
+                              param=parsed.get("param"), code=code, route=route)
     if isinstance(parsed, dict) and "error_message" in parsed:  # the SDK's exception report
-        return error_response(500, f"the handler raised: {parsed['error_message']}")
+        return error_response(500, f"the handler raised: {parsed['error_message']}",
+                              route=route)
     # The SDK's text for an exception in a generator: "handler: <text> \ntraceback: ..."
     message = text.split("\ntraceback:", 1)[0].strip()
-    return error_response(500, message)
+    return error_response(500, message, route=route)
 
 
 def _parse(text: str) -> Any:

@@ -16,9 +16,3 @@ def log_unexpected(job_id, err):
         from llmkit.runtime.sampling import vllm_error_message
         return f"job {job_id}: {vllm_error_message(err, 'engine')}"
     return f"job {job_id} failed with an internal error; the worker's log has the details"
-
-
-def openai_error(code, message, err_type=None, param=None):
-    """OpenAI's error body, as vLLM writes it; a truthy "error" fails the job."""
-    return {"error": {"message": message, "type": err_type or "BadRequestError",
-                      "param": param, "code": code}}

@@ -9,7 +9,8 @@
 
 from __future__ import annotations
 
-from llmkit.runtime.errors import log_unexpected, openai_error
+from llmkit.runtime.error_shapes import openai_error
+from llmkit.runtime.errors import log_unexpected
 from llmkit.runtime.inputs import InputError
 from llmkit.runtime.openai_route import is_openai_job, openai_job
 
