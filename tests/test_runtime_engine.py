@@ -193,6 +193,9 @@ BAD_INPUTS = [
      "input.messages[0].content must not be empty"),
     ({"prompt": LONG_PROMPT}, "tokens; MAX_MODEL_LEN=256 leaves no room"),
     ({"prompt": "x" * 100_000}, "input.prompt is 100000 characters, far over MAX_MODEL_LEN=256"),
+    ({"prompt": "hi", "lora": 3}, "input.lora must be a string, got int"),
+    ({"prompt": "hi", "lora": "mine"}, "input.lora: no LoRA adapter named 'mine'; this worker "
+                                       "serves none: set ENABLE_LORA=true and LORA_MODULES"),
 ]
 
 

@@ -6,6 +6,8 @@
 * A job that is cancelled or times out aborts its vLLM request, wherever its task was
   stopped: no engine time is spent on an answer nobody reads.
 * A request vLLM refuses becomes an InputError naming the field.
+* `request.lora` picks one of the LoRA adapters LORA_MODULES names, the very adapter the
+  OpenAI route serves under that name.
 """
 
 from __future__ import annotations
@@ -36,9 +38,11 @@ async def generate(request: Request):
     ids = prompt_token_ids(engine, request.prompt, request.messages)
     params = sampling_params(request.sampling, len(ids), engine.model_config.max_model_len,
                              request.stream, settings.default_max_tokens)
+    adapter = await lora_request(request.lora) if request.lora else None
     request_id = f"{request.job_id}-{uuid.uuid4().hex[:8]}"
     done = tie_to_job(engine, request_id, request.job_id)
-    outputs = _vllm_outputs(engine.generate({"prompt_token_ids": ids}, params, request_id),
+    lora = {"lora_request": adapter} if adapter else {}
+    outputs = _vllm_outputs(engine.generate({"prompt_token_ids": ids}, params, request_id, **lora),
                             [f for f in PROCESSOR_CHECKS if f in request.sampling])
     if request.stream:
         async for text in gap_batched(((o.outputs[0].text, o.finished) async for o in outputs),
@@ -50,6 +54,16 @@ async def generate(request: Request):
             final = output
         done()
         yield final.outputs[0].text
+
+
+async def lora_request(name):
+    """vLLM's LoRARequest for the adapter ``name``, as its OpenAI layer holds it."""
+    adapters = (await vllm_engine.openai_state()).openai_serving_models.lora_requests
+    if name not in adapters:
+        serves = f"this worker serves {', '.join(sorted(adapters))}" if adapters else \
+            "this worker serves none: set ENABLE_LORA=true and LORA_MODULES=name=path"
+        raise InputError(f"input.lora: no LoRA adapter named {name!r:.60}; {serves}")
+    return adapters[name]
 
 
 def tie_to_job(engine, request_id, job_id):

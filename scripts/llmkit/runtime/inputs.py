@@ -16,7 +16,7 @@ class InputError(ValueError):
 
 
 ANSWER_TYPES = ("stream", "normal")
-INPUT_FIELDS = ("prompt", "messages", "answerType", "sampling_params")
+INPUT_FIELDS = ("prompt", "messages", "answerType", "sampling_params", "lora")
 ROLES = ("system", "user", "assistant")
 # Every field of vLLM's SamplingParams is accepted, and checked by vLLM itself, except
 # these, which have no place in one {"text"} answer (their default values pass).
@@ -47,14 +47,15 @@ class Request:
     messages: list | None = None  # chat messages, through the model's chat template
     stream: bool = False  # answerType "stream": yield text as it comes
     sampling: dict = dataclasses.field(default_factory=dict)  # vLLM's SamplingParams fields
+    lora: str | None = None  # a LoRA adapter's name, one of LORA_MODULES; None: the base model
     extra: dict = dataclasses.field(default_factory=dict)  # the handler's own fields
     job_id: str = "job"
 
 
 def read_input(job, fields=None) -> Request:
-    """Check `job["input"]`: one of prompt or messages, answerType, sampling_params, and
-    the handler's own `fields` ({name: type}, e.g. {"topic": str}), which land in
-    `request.extra` when given. Any other field is refused by name."""
+    """Check `job["input"]`: one of prompt or messages, answerType, sampling_params, lora
+    (an adapter's name), and the handler's own `fields` ({name: type}, e.g. {"topic":
+    str}), which land in `request.extra` when given. Any other field is refused by name."""
     raw, own = job.get("input"), dict(fields or {})
     if not isinstance(raw, dict):
         raise InputError(f"input must be a JSON object, got {type_name(raw)}")
@@ -75,6 +76,8 @@ def read_input(job, fields=None) -> Request:
         raise InputError(f"input.answerType must be 'stream' or 'normal', got {answer_type!r:.40}")
     request.stream = answer_type == "stream"
     request.sampling = _check_sampling(raw.get("sampling_params", {}))
+    if "lora" in raw:  # whether this worker serves it, generate() checks
+        request.lora = check_text("input.lora", raw["lora"])
     for name, kind in own.items():
         if name in raw:
             if kind is not None and not isinstance(raw[name], kind):
