@@ -9,7 +9,8 @@
 
 The public API:
   read_input(job, fields=None) -> Request   check the input; `fields` adds the handler's own
-  Request                                   prompt | messages, stream, sampling, extra, job_id
+  Request                                   prompt | messages, stream, sampling, lora, extra,
+                                            job_id
   generate(request)                         vLLM's answer: text pieces (stream) or the whole
   InputError                                raise it to fail a job with your own message
   run_job(handler, input), stream_job(...)  one job, exactly as the worker runs it: its
@@ -23,8 +24,9 @@ The public API:
 The modules, each read in one sitting: config.py (the environment's settings),
 vllm_engine.py (vLLM's engine and its lifetime), inputs.py and sampling.py (input checks,
 vLLM's SamplingParams), generation.py (cancellation, abort, stream batching), openai_route.py
-(vLLM's OpenAI serving layer), jobs.py and errors.py (what a client sees), worker.py and
-worker_loop.py (the runpod worker).
+(vLLM's OpenAI serving layer), jobs.py, errors.py and error_shapes.py (what a client sees),
+worker.py and worker_loop.py (the runpod worker), reload.py (a new handler.py without a
+restart).
 """
 
 import importlib
