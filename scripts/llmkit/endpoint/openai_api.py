@@ -95,29 +95,17 @@ async def openai_errors(request: web.Request, handler):
 # ---- the routes ------------------------------------------------------------------------
 
 
-@routes.post(P + "/chat/completions")
-async def chat_completions(request: web.Request) -> web.StreamResponse:
-    return await _serve(request, "/v1/chat/completions")
+def _route(route: str, has_body: bool = True):
+    """The handler of one OpenAI path: its request becomes a job for ``route``."""
+    async def serve(request: web.Request) -> web.StreamResponse:
+        return await _serve(request, route, has_body)
+    return serve
 
 
-@routes.post(P + "/completions")
-async def completions(request: web.Request) -> web.StreamResponse:
-    return await _serve(request, "/v1/completions")
-
-
-@routes.post(P + "/responses")
-async def responses(request: web.Request) -> web.StreamResponse:
-    return await _serve(request, "/v1/responses")
-
-
-@routes.post(P + "/messages")
-async def messages(request: web.Request) -> web.StreamResponse:
-    return await _serve(request, "/v1/messages")
-
-
-@routes.get(P + "/models")
-async def models(request: web.Request) -> web.StreamResponse:
-    return await _serve(request, "/v1/models", has_body=False)
+# Each POST route is one vLLM serving class in the worker (llmkit/runtime/openai_route.py).
+for _path in ("/chat/completions", "/completions", "/responses", "/messages"):
+    routes.post(P + _path)(_route("/v1" + _path))
+routes.get(P + "/models")(_route("/v1/models", has_body=False))
 
 
 async def _serve(request: web.Request, route: str, has_body: bool = True) -> web.StreamResponse:
