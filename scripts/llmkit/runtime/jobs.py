@@ -31,13 +31,19 @@ def job_function(handler, chat_messages=None, *, current=None):
             chunks = openai_job(job_input, job_id, chat_messages) if openai else handler(job)
             async for chunk in chunks:
                 yield chunk
-        except InputError as err:
-            yield openai_error(400, str(err)) if openai else {"error": str(err)}
         except Exception as err:  # never a traceback or a path to the client
-            message = log_unexpected(job_id, err)
-            yield openai_error(500, message, "InternalServerError") if openai \
-                else {"error": message}
+            yield failure(err, job_id, openai)[0]
     return run
+
+
+def failure(err, job_id, openai=False):
+    """(the one chunk that fails a job on ``err``, its HTTP status): 400 for an InputError,
+    the input's fault; 500 for anything else, logged with its traceback."""
+    if isinstance(err, InputError):
+        return (openai_error(400, str(err)) if openai else {"error": str(err)}), 400
+    message = log_unexpected(job_id, err)
+    return (openai_error(500, message, "InternalServerError") if openai
+            else {"error": message}), 500
 
 
 async def stream_job(handler, job_input, job_id="try", chat_messages=None):

@@ -8,13 +8,15 @@ calls it; it does, in order:
 3. with HANDLER_RELOAD=true, watches the handler's file and serves each new version that
    loads, on the same engine (reload.py);
 4. runs the runpod SDK's worker loop with the kit's job-fetch timing (worker_loop.py),
-   the handler wrapped by jobs.py, and CONCURRENCY_MODIFIER jobs at once;
+   the handler wrapped by jobs.py, and CONCURRENCY_MODIFIER jobs at once; with
+   MODE_TO_RUN=lb, an HTTP server for a load-balancing endpoint instead (http_server.py);
 5. after SIGTERM, drains the jobs in flight, stops vLLM in order, and exits 0.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import threading
 
 from llmkit.runtime import reload, vllm_engine
@@ -33,6 +35,8 @@ def serve(handler, *, chat_messages=None):
 
 
 def _start(served):
+    if os.environ.get("MODE_TO_RUN", "").strip().lower() == "lb":
+        return _serve_http(served)
     quiet_sdk_logs()  # before runpod is imported: it reads the level then
     # Importing the runpod SDK takes a second or more (py-cpuinfo probes the CPU). Do it
     # while vLLM starts its engine, not before.
@@ -58,3 +62,23 @@ def _start(served):
     finally:
         stopping.set()  # a requested shutdown: vLLM stops its engine on purpose
     vllm_engine.shutdown_engine()  # drained after SIGTERM: stop vLLM in order, then exit
+
+
+def _serve_http(served):
+    """MODE_TO_RUN=lb: the worker is an HTTP server (http_server.py), for Runpod's
+    load-balancing endpoints; the same handler, engine, watchdog and reloads."""
+    from llmkit.runtime import http_server
+
+    stopping = threading.Event()
+
+    def start_engine():
+        vllm_engine.engine()
+        vllm_engine.exit_when_engine_dies(stopping)
+        if vllm_engine.settings().handler_reload:
+            reload.Watcher(served).start()
+
+    try:
+        http_server.run(served, start_engine)
+    finally:
+        stopping.set()
+    vllm_engine.shutdown_engine()

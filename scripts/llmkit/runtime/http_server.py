@@ -1,0 +1,324 @@
+"""The load-balancing worker (MODE_TO_RUN=lb): the handler and vLLM's OpenAI layer served
+over HTTP by the worker itself, as Runpod's load-balancing endpoints call it. No queue.
+
+    GET  /ping                  on PORT_HEALTH: 204 while vLLM starts, 200 when ready,
+                                503 while draining after SIGTERM
+    GET  /stats                 state, requests in flight, the limit, vLLM's requests
+    POST /runsync               the native API, the user's handler: {"input": {...}}.
+                                JSON like a queue endpoint's /runsync, or the chunks as they
+                                come: Accept: text/event-stream (SSE) or application/x-ndjson
+    POST /v1/chat/completions, /v1/completions, /v1/responses, /v1/messages; GET /v1/models
+                                vLLM's OpenAI (and Anthropic Messages) serving, as on the
+                                queue worker's OpenAI route (openai_route.py)
+
+At most CONCURRENCY_MODIFIER requests run at once (vLLM batches them); one more gets 429
+with Retry-After at once, never a wait: a load balancer has no queue, the client or the
+platform retries. A client that hangs up cancels its request, which aborts vLLM's. After
+SIGTERM new requests get 503, the ones in flight finish, then vLLM stops and the worker
+exits 0. The same job_function and Served pair as the queue worker (jobs.py, reload.py):
+the same handler, the same errors, the same reloads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+import uuid
+
+from aiohttp import web
+
+from llmkit.runtime import vllm_engine
+from llmkit.runtime.config import SettingsError
+from llmkit.runtime.error_shapes import anthropic_error, openai_error
+from llmkit.runtime.jobs import failure
+from llmkit.runtime.openai_route import ROUTES, openai_job
+
+MAX_BODY = 30 * 1024 * 1024  # Runpod's limit for a load-balancing request
+BUSY_RETRY_S, STARTING_RETRY_S = 1, 5  # Retry-After: a slot frees in about an answer's time
+STARTING, READY, DRAINING = "starting", "ready", "draining"
+SSE, NDJSON = "text/event-stream", "application/x-ndjson"
+
+
+class Server:
+    """The worker's HTTP server: its state, its routes, its limit on requests at once."""
+
+    def __init__(self, served, limit):
+        self.served, self.limit = served, limit
+        self.state, self.in_flight = STARTING, 0
+        self.idle = asyncio.Event()  # set while no request runs: SIGTERM's drain waits on it
+        self.idle.set()
+
+    def app(self, health_too=True):
+        app = web.Application(client_max_size=MAX_BODY)
+        if health_too:
+            app.router.add_get("/ping", self.ping)
+        app.router.add_get("/stats", self.stats)
+        app.router.add_post("/runsync", self.native)
+        for route in ROUTES:
+            add = app.router.add_get if route == "/v1/models" else app.router.add_post
+            add(route, self.openai)
+        return app
+
+    async def ping(self, request):
+        # Runpod's load balancer: 204 initializing, 200 healthy, anything else unhealthy.
+        status = {STARTING: 204, READY: 200}.get(self.state, 503)
+        return web.Response(status=status)
+
+    async def stats(self, request):
+        """What the worker is doing: its state, requests in flight, vLLM's requests."""
+        running = None
+        if self.state != STARTING:
+            processor = getattr(vllm_engine.engine(), "output_processor", None)
+            running = processor.get_num_unfinished_requests() if processor else None
+        return web.json_response({"state": self.state, "in_flight": self.in_flight,
+                                  "limit": self.limit, "vllm_requests": running,
+                                  "handler": self.served.sha})
+
+    # --- admission: a fast no instead of a wait ---------------------------------------
+
+    def refusal(self):
+        """(status, message, Retry-After) for a request that cannot start now, else None."""
+        if self.state == STARTING:
+            return 503, "the worker is starting: vLLM is loading the model", STARTING_RETRY_S
+        if self.state == DRAINING:
+            return 503, "the worker is shutting down; retry on another worker", STARTING_RETRY_S
+        if self.in_flight >= self.limit:
+            return (429, f"the worker is busy: it runs {self.limit} request(s) at once "
+                         "(CONCURRENCY_MODIFIER)", BUSY_RETRY_S)
+        return None
+
+    def admit(self):
+        self.in_flight += 1
+        self.idle.clear()
+
+    def release(self):
+        self.in_flight -= 1
+        if not self.in_flight:
+            self.idle.set()
+
+    # --- the native API: the user's handler ---------------------------------------------
+
+    async def native(self, request):
+        request_id = f"lb-{uuid.uuid4().hex[:12]}"
+        refused = self.refusal()
+        if refused:
+            return _json({"id": request_id, "status": "FAILED", "error": refused[1]},
+                         refused[0], refused[2])
+        self.admit()
+        try:
+            body, problem = await _body(request)
+            if problem is None and not (isinstance(body, dict) and "input" in body
+                                        and set(body) <= {"input", "id"}):
+                problem = 'the body must be {"input": {...}}, as a queue endpoint\'s /runsync takes'
+            if problem:
+                return _json({"id": request_id, "status": "FAILED", "error": problem}, 400)
+            job = {"id": request_id, "input": body["input"]}
+            handler = self.served.current()[0]  # this request's to its end, whatever reloads
+            return await _answer(request, job, handler(job))
+        finally:
+            self.release()
+
+    # --- vLLM's OpenAI and Anthropic serving --------------------------------------------
+
+    async def openai(self, request):
+        route, request_id = request.path, f"lb-{uuid.uuid4().hex[:12]}"
+        counted = request.method == "POST"  # /v1/models costs nothing: always answered
+        refused = self.refusal() if counted else None
+        if refused:
+            return _error(route, *refused)
+        if counted:
+            self.admit()
+        try:
+            job_input = {"openai_route": route}
+            if counted:
+                body, problem = await _body(request)
+                if problem is None and not isinstance(body, dict):
+                    problem = f"the body must be a JSON object, as the API defines for {route}"
+                if problem:
+                    return _error(route, 400, problem)
+                job_input["openai_input"] = body
+            chat_messages = self.served.current()[1]
+            chunks = openai_job(job_input, request_id, chat_messages)
+            first = await anext(chunks, None)
+            if isinstance(first, str):
+                return await _stream_sse(request, first, chunks, route, request_id)
+            if isinstance(first, dict) and isinstance(first.get("error"), dict):
+                error = first["error"]
+                code = error.get("code")
+                status = code if isinstance(code, int) and 400 <= code <= 599 else 500
+                return _error(route, status, str(error.get("message")), body=first)
+            return _json(first, 200)
+        except Exception as err:  # never a traceback to the client
+            chunk, status = failure(err, request_id, openai=True)
+            return _error(route, status, chunk["error"]["message"], body=chunk)
+        finally:
+            if counted:
+                self.release()
+
+
+# --- answers -------------------------------------------------------------------------------
+
+
+def _json(body, status, retry_after=None):
+    headers = {"Retry-After": str(retry_after)} if retry_after else None
+    return web.json_response(body, status=status, headers=headers)
+
+
+def _error(route, status, message, retry_after=None, body=None):
+    """An error in the route's own shape: Anthropic's for /v1/messages, OpenAI's for the rest."""
+    if route == "/v1/messages":
+        body = anthropic_error(status, message)
+    elif body is None:
+        body = openai_error(status, message, "RateLimitError" if status == 429 else
+                            "ServiceUnavailableError" if status == 503 else None)
+    return _json(body, status, retry_after)
+
+
+async def _body(request):
+    """(the parsed JSON body, None) or (None, what is wrong with it)."""
+    try:
+        return json.loads(await request.read()), None
+    except web.HTTPRequestEntityTooLarge:
+        return None, f"the body is over {MAX_BODY // 2**20} MB, Runpod's limit"
+    except (ValueError, UnicodeDecodeError) as err:
+        return None, f"the body is not valid JSON: {err}"
+
+
+def _failed(chunk):
+    return isinstance(chunk, dict) and bool(chunk.get("error"))
+
+
+async def _answer(request, job, chunks):
+    """The handler's chunks: one JSON body like /runsync's, or a stream if the client asks.
+    A chunk with "error" fails the request, as it fails a queue job, with the same message."""
+    accept = request.headers.get("Accept", "")
+    streamed = SSE if SSE in accept else NDJSON if NDJSON in accept else None
+    output, status, reply = [], 400, None
+    try:
+        async for chunk in chunks:
+            if streamed and not _failed(chunk):
+                if reply is None:
+                    reply = await _open_stream(request, streamed)
+                await reply.write(_event(streamed, chunk))
+                continue
+            output.append(chunk)
+            if _failed(chunk):
+                break
+    except ConnectionError:  # the client hung up: stop the handler, and so vLLM's request
+        return reply
+    except Exception as err:  # the handler raised: the job's error, never a traceback
+        chunk, status = failure(err, job["id"])
+        output.append(chunk)
+    finally:
+        await chunks.aclose()
+    failed = next((c for c in output if _failed(c)), None)
+    if reply is not None:  # already streaming: the failure is the stream's last event
+        if failed is not None:
+            await reply.write(_event(streamed, failed, error=True))
+        await reply.write_eof()
+        return reply
+    if failed is not None:
+        return _json({"id": job["id"], "status": "FAILED", "error": str(failed["error"])},
+                     status)
+    if streamed:  # an answer with no chunks: an empty stream
+        reply = await _open_stream(request, streamed)
+        await reply.write_eof()
+        return reply
+    return _json({"id": job["id"], "status": "COMPLETED", "output": output}, 200)
+
+
+async def _open_stream(request, content_type):
+    reply = web.StreamResponse(status=200, headers={"Cache-Control": "no-cache"})
+    reply.content_type = content_type
+    await reply.prepare(request)
+    return reply
+
+
+def _event(kind, chunk, error=False):
+    data = json.dumps(chunk)
+    if kind == NDJSON:
+        return f"{data}\n".encode()
+    return f"{'event: error' + chr(10) if error else ''}data: {data}\n\n".encode()
+
+
+async def _stream_sse(request, first, chunks, route, request_id):
+    """vLLM's SSE text as it comes; a stream that fails midway ends with openai_job's error
+    event in the route's shape."""
+    reply = await _open_stream(request, SSE)
+    try:
+        await reply.write(first.encode())
+        async for text in chunks:
+            await reply.write(text.encode() if isinstance(text, str)
+                              else f"data: {json.dumps(text)}\n\n".encode())
+        await reply.write_eof()
+    except ConnectionError:
+        pass  # the client hung up: closing the chunks aborts vLLM's request
+    finally:
+        await chunks.aclose()
+    return reply
+
+
+# --- the worker's life -----------------------------------------------------------------------
+
+
+def run(served, start_engine):
+    """Serve HTTP at once (/ping says 204), start vLLM with ``start_engine()`` (it raises a
+    StartupError on a bad setting or model), then serve until SIGTERM drains; returns."""
+    asyncio.run(_main(served, start_engine))
+
+
+def _port(name, default):
+    raw = os.environ.get(name, "").strip() or str(default)
+    if not raw.isdigit() or not 1 <= int(raw) <= 65535:
+        raise SettingsError(f"{name}={raw!r} is not valid: expected a port from 1 to 65535")
+    return int(raw)
+
+
+async def _main(served, start_engine):
+    port = _port("PORT", 80)
+    health_port = _port("PORT_HEALTH", port)
+    host = os.environ.get("HOST", "").strip() or "0.0.0.0"
+    limit = vllm_engine.settings().concurrency_modifier
+    server = Server(served, limit)
+    runners = []
+    # handler_cancellation: a client that hangs up cancels its handler task, which aborts
+    # its vLLM request (generation.tie_to_job).
+    for app, at in [(server.app(health_too=health_port == port), port)] + (
+            [] if health_port == port else [(_health_app(server), health_port)]):
+        runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, host, at).start()
+        runners.append(runner)
+    _log(f"HTTP on {host}:{port} (/runsync, /v1/...), /ping on {health_port}; "
+         f"{limit} request(s) at once (CONCURRENCY_MODIFIER)")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    started = time.monotonic()
+    try:
+        await loop.run_in_executor(None, start_engine)  # /ping answers 204 meanwhile
+        await vllm_engine.openai_state()  # the OpenAI layer too, before the first request
+        server.state = READY
+        _log(f"ready in {time.monotonic() - started:.1f} s: /ping answers 200")
+        await stop.wait()
+        server.state = DRAINING
+        _log(f"SIGTERM: draining {server.in_flight} request(s) in flight")
+        await server.idle.wait()
+    finally:
+        for runner in runners:
+            await runner.cleanup()
+
+
+def _health_app(server):
+    app = web.Application()
+    app.router.add_get("/ping", server.ping)
+    return app
+
+
+def _log(message):
+    print(f"[lb] {message}", file=sys.stderr, flush=True)
