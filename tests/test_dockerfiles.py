@@ -71,12 +71,19 @@ def env_of(path: Path) -> dict[str, str]:
 
 
 def expand(value: str, variables: dict[str, str]) -> str:
-    """${NAME} and ${NAME:-default}, as BuildKit expands them."""
+    """${NAME}, ${NAME:-default} and ${NAME:+word}, as BuildKit expands them (innermost
+    first: a word may hold ${...} itself)."""
     def one(match):
-        name, default = match[1], match[3]
+        name, op, word = match[1], match[2], match[3] or ""
         got = variables.get(name) or ""
-        return got or (expand(default, variables) if default is not None else "")
-    return re.sub(r"\$\{(\w+)(:-([^}]*))?\}", one, value)
+        if op == "+":
+            return word if got else ""
+        return got or word
+    while True:
+        done = re.sub(r"\$\{(\w+)(?::([-+])([^${}]*))?\}", one, value)
+        if done == value:
+            return done
+        value = done
 
 
 def run_lines(path: Path) -> list[str]:

@@ -25,6 +25,7 @@ from vllm.entrypoints.launchers.cli_args import (
 from vllm.platforms import current_platform
 from vllm.utils.argparse_utils import FlexibleArgumentParser
 
+from llmkit.runtime import model_cache
 from llmkit.runtime.worker_loop import StartupError
 
 ON_CPU = current_platform.is_cpu()
@@ -32,7 +33,8 @@ ON_CPU = current_platform.is_cpu()
 # Not read as engine settings: vLLM's HTTP-server flags (HOST, PORT, API_KEY, SSL_*, ...: no
 # such server runs here), and these names, which mean something else in a container.
 NOT_ENGINE_SETTINGS = {
-    "MODEL": "the kit's own: a model folder, a baked model or the embedded default's name",
+    "MODEL": "the kit's own: a model folder, a baked model, the embedded default's name, or "
+             "a repo id in Runpod's model cache",
     "HF_TOKEN": "huggingface_hub reads it; as an engine argument vLLM would log it",
     "LOG_LEVEL": "a common name for other programs' log level",
     "MASTER_ADDR": "torch.distributed's launcher variable",
@@ -93,7 +95,7 @@ def load(environ=os.environ) -> Settings:
             raise SettingsError(f"{name}={raw!r} is not valid: expected {expected}")
         return value
 
-    model = environ.get("MODEL", "").strip()
+    model, name = cached_model(environ)
     concurrency = var("CONCURRENCY_MODIFIER", int, 1, lambda v: 1 <= v <= 1024,
                       "an integer from 1 to 1024")
     max_tokens = var("DEFAULT_MAX_TOKENS", int, 512, lambda v: v >= 1, "an integer >= 1")
@@ -103,7 +105,7 @@ def load(environ=os.environ) -> Settings:
                        lambda v: interval <= v <= 60_000,
                        f"an integer from STREAM_INTERVAL_MS ({interval}) to 60000")
     reload = var("HANDLER_RELOAD", _bool, False, expected="true or false")
-    serve_args, used = engine_settings(environ, model)
+    serve_args, used = engine_settings(environ, model, name)
     defaults = vars(make_arg_parser(_Parser()).parse_args([]))
     return Settings(
         model=model, concurrency_modifier=concurrency, default_max_tokens=max_tokens,
@@ -111,6 +113,26 @@ def load(environ=os.environ) -> Settings:
         handler_reload=reload, serve_args=serve_args, used=used,
         engine_args={k: v for k, v in vars(serve_args).items()
                      if k == "model" or k in _ENGINE_FIELDS and v != defaults.get(k)})
+
+
+_announced: set = set()
+
+
+def cached_model(environ):
+    """(the folder vLLM loads, its default served name) for MODEL. A repo id (org/name)
+    is a snapshot in Runpod's model cache (model_cache.py), served as org/name; anything
+    else (a folder, a baked model, the embedded default's name) goes to vLLM as it is."""
+    model = environ.get("MODEL", "").strip()
+    if not model_cache.is_repo_id(model):  # "SmolLM2-135M-Instruct" (the default) is not
+        return model, None
+    folder, commit = model_cache.resolve(
+        model, environ.get("MODEL_REVISION", ""),
+        environ.get(model_cache.CACHE_DIR_VAR, "").strip() or model_cache.DEFAULT_CACHE_DIR)
+    line = f"MODEL={model}: cached snapshot {commit} ({folder})"
+    if line not in _announced:  # once per process, however often the settings are read
+        _announced.add(line)
+        print(line, file=sys.stderr, flush=True)
+    return str(folder), model
 
 
 def cpu_environment(environ=os.environ):
@@ -133,12 +155,14 @@ class _Parser(FlexibleArgumentParser):
 _ENGINE_FIELDS = {f.name for f in dataclasses.fields(AsyncEngineArgs)}
 
 
-def engine_settings(environ, model):
-    """vLLM's parsed `vllm serve` arguments from ``environ``, and the variables that set them."""
+def engine_settings(environ, model, name=None):
+    """vLLM's parsed `vllm serve` arguments from ``environ``, and the variables that set them.
+    The served model name: MODEL_ID, else ``name``, else the model folder's name."""
     parser = make_arg_parser(_Parser())
     own = _ENGINE_FIELDS | {f.name for f in dataclasses.fields(BaseFrontendArgs)}
     actions = {a.dest.upper(): a for a in parser._actions if a.dest in own and a.option_strings}
-    served = environ.get("MODEL_ID", "").strip() or os.path.basename(model.rstrip("/"))
+    served = (environ.get("MODEL_ID", "").strip() or name
+              or os.path.basename(model.rstrip("/")))
     parser.set_defaults(model=model, served_model_name=[served] if served else None,
                         **KIT_ENGINE_DEFAULTS)
     argv, used = [], {}
