@@ -33,13 +33,16 @@ async def served_model(ep: BenchEndpoint) -> str:
     return body["data"][0]["id"]
 
 
-async def openai_job(ep: BenchEndpoint, model: str, i: int, tokens: int) -> workload.JobStats:
-    """One streamed chat completion through the OpenAI route."""
+async def openai_job(ep: BenchEndpoint, model: str, i: int, tokens: int,
+                     base: str | None = None) -> workload.JobStats:
+    """One streamed chat completion through the OpenAI route (``base``: another server's
+    /v1, e.g. a load-balancing worker's)."""
     native = workload.job_input(i, tokens)  # the same prompt and sampling as the native job
     body = {"model": model, "stream": True, "stream_options": {"include_usage": True},
             "messages": native["messages"], **native["sampling_params"]}
     st = workload.JobStats(start=workload.now())
-    async with ep.session.post(f"{ep.url}/openai/v1/chat/completions", json=body) as r:
+    async with ep.session.post(f"{base or ep.url + '/openai/v1'}/chat/completions",
+                               json=body) as r:
         if r.status != 200:
             raise EndpointError(f"the OpenAI route answered {r.status}: {await r.text()}")
         pending = b""

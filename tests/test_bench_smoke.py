@@ -87,3 +87,18 @@ def test_the_reload_benchmark_runs_quick_and_prints_its_ratio(tmp_path, tiny_mod
     result = json.loads(out.read_text())["reload"]
     assert len(result["reload_s"]) == 2 and len(result["restart_s"]) == 1
     assert 0 < result["reload_median_s"] < result["restart_median_s"]
+
+
+@pytest.mark.engine
+@pytest.mark.timeout(600)
+def test_the_load_balancing_benchmark_runs_quick_and_prints_its_ratios(tmp_path, tiny_model_dir):
+    out = tmp_path / "lb.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.load_balancing", "--quick", "--reps", "1",
+         "--json", str(out)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=540)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "load-balancing / queue tok/s, native API, 2 client(s)" in proc.stdout, proc.stdout
+    result = json.loads(out.read_text())["load_balancing"]
+    assert all(row["tok_s"] > 0 and row["jobs"] for row in result["rows"].values())
+    statuses = [status for _, status in result["pings"]]
+    assert statuses[-1] == 200 and 204 in statuses, result["pings"]

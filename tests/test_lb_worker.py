@@ -322,13 +322,13 @@ def test_sigterm_drains_the_requests_in_flight_then_exits_zero(lb):
     """Runs last in this module: it stops the worker."""
     def one(i):
         reply = native(lb, {"prompt": f"Drain {i}", "answerType": "stream",
-                            "sampling_params": {"max_tokens": 200, "ignore_eos": True}},
+                            "sampling_params": {"max_tokens": 1500, "ignore_eos": True}},
                        "application/x-ndjson", timeout=600)
         return reply.status_code, [json.loads(line) for line in reply.text.splitlines()]
 
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         futures = [pool.submit(one, i) for i in range(4)]
-        lb.wait_stats(lambda s: s["in_flight"] == 4)
+        lb.wait_stats(lambda s: s["in_flight"] == 4, timeout=120)  # seconds of work each
         lb.terminate()
         deadline = time.monotonic() + 10
         while requests.get(f"http://127.0.0.1:{lb.health_port}/ping", timeout=5).status_code != 503:
