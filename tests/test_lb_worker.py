@@ -227,6 +227,19 @@ def test_native_bad_input_fails_like_a_job_naming_the_field(lb, job_input, field
     assert lb.stats()["state"] == "ready"
 
 
+def test_a_body_over_runpods_30_mb_gets_413_in_each_apis_shape(lb):
+    big = json.dumps({"input": {"prompt": "x" * (31 * 2**20)}})
+    native_reply = requests.post(f"{lb.url}/runsync", data=big, timeout=60)
+    assert native_reply.status_code == 413, native_reply.text[:500]
+    assert "30 MB" in native_reply.json()["error"]
+    chat = requests.post(f"{lb.url}/v1/chat/completions", data=big, timeout=60)
+    assert chat.status_code == 413 and "30 MB" in chat.json()["error"]["message"], chat.text
+    messages = requests.post(f"{lb.url}/v1/messages", data=big, timeout=60)
+    assert messages.status_code == 413 and messages.json()["type"] == "error", messages.text
+    ok = native(lb, {"prompt": "Hi", "sampling_params": {"max_tokens": 2}})
+    assert ok.status_code == 200 and lb.stats()["state"] == "ready", ok.text
+
+
 def test_64_concurrent_streams_none_lost(lb):
     """32 native SSE streams and 32 OpenAI chat streams at once, each exactly 24 tokens."""
     import openai

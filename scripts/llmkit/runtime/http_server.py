@@ -110,12 +110,13 @@ class Server:
                          refused[0], refused[2])
         self.admit()
         try:
-            body, problem = await _body(request)
+            body, problem, status = await _body(request)
             if problem is None and not (isinstance(body, dict) and "input" in body
                                         and set(body) <= {"input", "id"}):
-                problem = 'the body must be {"input": {...}}, as a queue endpoint\'s /runsync takes'
+                problem, status = ('the body must be {"input": {...}}, as a queue endpoint\'s '
+                                   "/runsync takes"), 400
             if problem:
-                return _json({"id": request_id, "status": "FAILED", "error": problem}, 400)
+                return _json({"id": request_id, "status": "FAILED", "error": problem}, status)
             job = {"id": request_id, "input": body["input"]}
             handler = self.served.current()[0]  # this request's to its end, whatever reloads
             return await _answer(request, job, handler(job))
@@ -135,11 +136,11 @@ class Server:
         try:
             job_input = {"openai_route": route}
             if counted:
-                body, problem = await _body(request)
+                body, problem, status = await _body(request)
                 if problem is None and not isinstance(body, dict):
-                    problem = f"the body must be a JSON object, as the API defines for {route}"
+                    problem, status = f"the body must be a JSON object, as {route} takes", 400
                 if problem:
-                    return _error(route, 400, problem)
+                    return _error(route, status, problem)
                 job_input["openai_input"] = body
             chat_messages = self.served.current()[1]
             chunks = openai_job(job_input, request_id, chat_messages)
@@ -179,13 +180,13 @@ def _error(route, status, message, retry_after=None, body=None):
 
 
 async def _body(request):
-    """(the parsed JSON body, None) or (None, what is wrong with it)."""
+    """(the parsed JSON body, None, 200) or (None, what is wrong with it, its status)."""
     try:
-        return json.loads(await request.read()), None
+        return json.loads(await request.read()), None, 200
     except web.HTTPRequestEntityTooLarge:
-        return None, f"the body is over {MAX_BODY // 2**20} MB, Runpod's limit"
+        return None, f"the body is over {MAX_BODY // 2**20} MB, Runpod's limit", 413
     except (ValueError, UnicodeDecodeError) as err:
-        return None, f"the body is not valid JSON: {err}"
+        return None, f"the body is not valid JSON: {err}", 400
 
 
 def _failed(chunk):
