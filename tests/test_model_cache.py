@@ -131,6 +131,28 @@ def test_settings_load_the_snapshot_served_as_the_repo_id(cache, capfd):
     assert folder.serve_args.served_model_name == [NEW]
 
 
+def test_the_notebook_finds_the_cached_model_and_says_what_the_worker_says(
+        cache, repo_root, monkeypatch, tmp_path):
+    from test_notebook import run_setup  # the notebook's own setup cell, as papermill runs it
+
+    monkeypatch.setenv(model_cache.CACHE_DIR_VAR, str(cache))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # empty: only Runpod's cache has it
+    monkeypatch.delenv("MODEL_REVISION", raising=False)
+    monkeypatch.setenv("MODEL", REPO)
+    run_setup(repo_root)
+    assert os.environ["MODEL"] == str(snapshot(cache, NEW))
+    monkeypatch.setenv("MODEL_REVISION", OLD[:7])
+    run_setup(repo_root, model=REPO)
+    assert os.environ["MODEL"] == str(snapshot(cache, OLD))
+    monkeypatch.delenv("MODEL_REVISION")
+    with pytest.raises(models.ModelError) as error:
+        run_setup(repo_root, model="org/other")
+    with pytest.raises(CachedModelMissing) as worker:
+        resolve("org/other")
+    assert str(error.value).startswith(str(worker.value)), error.value
+    assert "Nor is it in the local Hugging Face cache" in str(error.value)
+
+
 # --- a real worker: the exported handler on the cache ---------------------------------
 
 def start_worker(endpoint: EndpointProcess, cache: Path, folder: Path, handler: Path):

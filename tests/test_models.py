@@ -15,6 +15,8 @@ from llmkit import models
 def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("LLMKIT_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("MODEL_CACHE_DIR", str(tmp_path / "runpod-volume"))
+    monkeypatch.delenv("MODEL_REVISION", raising=False)
     return tmp_path / "cache"
 
 
@@ -37,7 +39,8 @@ def test_folder_without_config_or_weights(cache, tmp_path):
 
 
 def test_hub_id_is_never_downloaded_at_run_time(cache):
-    with pytest.raises(models.ModelError, match="'org/some' is not in the local Hugging Face"):
+    with pytest.raises(models.ModelError, match="'org/some' is not in Runpod's model cache.*"
+                                                "Nor is it in the local Hugging Face cache"):
         models.resolve("org/some")
 
 
@@ -48,7 +51,9 @@ def test_nonsense_spec(cache):
 
 def test_cli_reports_errors_without_traceback(cache, capsys):
     assert models.main(["prepare", "org/absent"]) == 1
-    assert "error: MODEL='org/absent' is not in the local" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "error: MODEL='org/absent' is not in Runpod's model cache" in err
+    assert "Nor is it in the local Hugging Face cache" in err and "Traceback" not in err
 
 
 def test_interrupted_conversion_leaves_nothing_that_looks_finished(cache, monkeypatch):
@@ -76,6 +81,8 @@ def test_default_model_converts_from_the_wheel_once(cache, monkeypatch):
     # Later runs reuse it without converting again.
     monkeypatch.setattr(models, "_convert_gguf", lambda *a: pytest.fail("converted twice"))
     assert models.resolve("smollm2-135m-instruct") == folder
+    # Its hub name too, when Runpod's model cache does not hold it (the fixture's is empty).
+    assert models.resolve("HuggingFaceTB/SmolLM2-135M-Instruct") == folder
 
 
 # --- build time: what `download` bakes, from a local folder standing in for the hub -----------

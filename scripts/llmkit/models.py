@@ -7,8 +7,10 @@ MODEL takes three forms:
   into a safetensors folder in the kit's cache.
 * A local folder holding a Hugging Face model (``config.json`` and weights).
 * A Hugging Face repo id (``org/name``). At run time it must already be on disk:
-  images download it at build time with ``python -m llmkit.models download``.
-  Nothing here fetches weights at run time.
+  in Runpod's model cache, where an endpoint's Model field puts it
+  (``llmkit.runtime.model_cache``, the worker's own lookup), else in the local
+  Hugging Face cache. Images bake one at build time with ``python -m llmkit.models
+  download``. Nothing here fetches weights at run time.
 
 Command line::
 
@@ -47,7 +49,7 @@ class ModelError(RuntimeError):
 def resolve(spec: str | os.PathLike | None = None) -> Path:
     """Return a loadable model folder for ``spec`` (default: the embedded model)."""
     spec = str(spec or os.environ.get("MODEL") or DEFAULT_MODEL).strip()
-    if spec.lower() in (DEFAULT_MODEL.lower(), f"huggingfacetb/{DEFAULT_MODEL.lower()}"):
+    if spec.lower() == DEFAULT_MODEL.lower():
         return prepare_default()
     path = Path(spec).expanduser()
     if path.exists() or spec.startswith((".", "/", "~")):
@@ -93,15 +95,27 @@ def _missing_code(path: Path, config_text: str) -> list[str]:
 
 
 def _from_hub_cache(repo_id: str) -> Path:
+    """Runpod's model cache first, with the worker's own lookup and message (so a pod's
+    notebook says what the worker says), then the embedded default under its hub name,
+    then the local Hugging Face cache."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
+    from llmkit.runtime import model_cache
+
+    revision = os.environ.get("MODEL_REVISION", "").strip()
     try:
-        folder = snapshot_download(repo_id, local_files_only=True)
+        return check_folder(model_cache.resolve(repo_id, revision)[0])
+    except model_cache.CachedModelMissing as err:
+        not_cached = err
+    if repo_id.lower() == f"huggingfacetb/{DEFAULT_MODEL.lower()}":
+        return prepare_default()  # the embedded default, under its hub name
+    try:
+        folder = snapshot_download(repo_id, revision=revision or None, local_files_only=True)
     except LocalEntryNotFoundError as err:
         raise ModelError(
-            f"MODEL={repo_id!r} is not in the local Hugging Face cache "
-            f"({os.environ.get('HF_HOME', '~/.cache/huggingface')}). Hub models are "
+            f"{not_cached} Nor is it in the local Hugging Face cache "
+            f"({os.environ.get('HF_HOME', '~/.cache/huggingface')}): hub models are "
             "downloaded only when an image is built; locally, point MODEL at a folder."
         ) from err
     return check_folder(Path(folder))
