@@ -39,6 +39,7 @@ help:
 	@echo "make image-iteration  $(HANDLER) on top of BASE_IMAGE, one small layer"
 	@echo "make push             push the base image"
 	@echo "make push-iteration   push the iteration image"
+	@echo "make deploy           a Runpod endpoint for DEPLOY_IMAGE (RUNPOD_API_KEY; DEPLOY_ARGS=--dry-run)"
 	@echo "make lint-image       hadolint both Dockerfiles, shellcheck start.sh, actionlint"
 	@echo "make clean            remove $(VENV) and the tool caches"
 
@@ -131,7 +132,7 @@ clean:
 #   make push push-iteration IMAGE=docker.io/you/runpod-llm-kit
 #   make push BUILDER=depot DEPOT_FLAGS="--project <id>"
 # =============================================================================
-.PHONY: image image-iteration push push-iteration lint-image
+.PHONY: image image-iteration push push-iteration lint-image deploy
 
 BUILDER ?= docker
 DOCKER ?= docker
@@ -202,6 +203,14 @@ else
 	$(DOCKER) push "$(IMAGE):$(ITERATION_TAG)"
 endif
 	@echo "==> pushed $(IMAGE):$(ITERATION_TAG)"
+
+# A serverless template and endpoint for a pushed image, with the runpod SDK (RUNPOD_API_KEY).
+# DEPLOY_ARGS: --dry-run, --model org/name (cached model), --mode lb, --concurrency N,
+# --workers-max N, --init-timeout S, ... (python -m llmkit.deploy -h; docs/DEPLOY.md).
+DEPLOY_IMAGE ?= $(IMAGE):$(TAG)
+DEPLOY_ARGS ?=
+deploy: install
+	$(PY) -m llmkit.deploy --image '$(DEPLOY_IMAGE)' $(DEPLOY_ARGS)
 
 lint-image:  ## hadolint both Dockerfiles, shellcheck start.sh, actionlint the workflows
 	$(VENV)/bin/hadolint Dockerfile Dockerfile_Iteration
