@@ -84,13 +84,8 @@ class LBWorker:
                                      headers={"Accept": "text/event-stream"}) as r:
             if r.status != 200:
                 raise EndpointError(f"/runsync answered {r.status}: {await r.text()}")
-            pending = b""
-            async for data in r.content.iter_any():
-                t = workload.now()
-                pending += data
-                events, pending = pending.rsplit(b"\n\n", 1) if b"\n\n" in pending \
-                    else (b"", pending)
-                for event in filter(None, events.split(b"\n\n")):
+            async for t, events in workload.sse_reads(r):
+                for event in events:
                     if event.startswith(b"event: error"):
                         raise EndpointError(f"error event: {event!r}")
                     text = json.loads(event.removeprefix(b"data: ")).get("text", "")

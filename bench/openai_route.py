@@ -45,14 +45,9 @@ async def openai_job(ep: BenchEndpoint, model: str, i: int, tokens: int,
                                json=body) as r:
         if r.status != 200:
             raise EndpointError(f"the OpenAI route answered {r.status}: {await r.text()}")
-        pending = b""
-        async for data in r.content.iter_any():
-            t = workload.now()
-            pending += data
-            events, pending = pending.rsplit(b"\n\n", 1) if b"\n\n" in pending \
-                else (b"", pending)
+        async for t, events in workload.sse_reads(r):
             texts = []
-            for event in filter(None, events.split(b"\n\n")):
+            for event in events:
                 payload = event.removeprefix(b"data: ")
                 if payload == b"[DONE]":
                     continue

@@ -73,6 +73,17 @@ def post_bytes(chunk: Any) -> int:
     return len(json.dumps({"output": chunk}, ensure_ascii=False).encode())
 
 
+async def sse_reads(response):
+    """(arrival time, the events it completed) for each network read of a server-sent-events
+    body (an aiohttp response): an event split across reads counts when its end arrives."""
+    pending = b""
+    async for data in response.content.iter_any():
+        t = now()
+        pending += data
+        events, pending = pending.rsplit(b"\n\n", 1) if b"\n\n" in pending else (b"", pending)
+        yield t, [e for e in events.split(b"\n\n") if e]
+
+
 @dataclass
 class Round:
     """C clients in closed loops, each running jobs back to back."""

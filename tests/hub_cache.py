@@ -162,3 +162,16 @@ def make_cache(cache_dir: Path, repo_id: str, model_dir: Path, commits=COMMITS,
     finally:
         hub.close()
     return folders
+
+
+def assert_serves(endpoint, repo_id: str) -> None:
+    """A job completes on ``endpoint``'s worker (an EndpointProcess), and its OpenAI route
+    lists the model as ``repo_id``: what a cached model's worker must do."""
+    import requests
+
+    state = endpoint.wait_final(endpoint.run({"prompt": "The capital of France is",
+                                              "sampling_params": {"max_tokens": 8}}), timeout=300)
+    assert state["status"] == "COMPLETED" and state["output"], state
+    listed = requests.get(f"{endpoint.url}/openai/v1/models", headers=endpoint.headers,
+                          timeout=300).json()
+    assert [m["id"] for m in listed["data"]] == [repo_id], listed

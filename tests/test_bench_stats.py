@@ -86,3 +86,21 @@ def test_slot_waits_survive_a_take_stamped_just_before_the_end_that_freed_its_sl
             dict(submitted=0.0, taken=2.01, done=3.0),
             dict(submitted=0.0, taken=3.005, done=4.0)]
     assert [round(w, 3) for w in slot_waits(jobs, 1)] == [0.0, 0.0, 0.01, 0.005]
+
+
+def test_sse_reads_counts_an_event_when_its_end_arrives():
+    import asyncio
+    from types import SimpleNamespace
+
+    from bench import workload
+
+    async def reads():
+        for data in [b"data: 1\n\ndata: ", b"2", b"\n\ndata: 3\n\n", b""]:
+            yield data
+
+    response = SimpleNamespace(content=SimpleNamespace(iter_any=reads))
+
+    async def collect():
+        return [events async for _, events in workload.sse_reads(response)]
+
+    assert asyncio.run(collect()) == [[b"data: 1"], [], [b"data: 2", b"data: 3"], []]

@@ -17,7 +17,6 @@ import time
 import hub_cache
 import image_harness as h
 import pytest
-import requests
 from image_fixtures import (
     BASE,
     FIGURES,
@@ -111,12 +110,7 @@ def test_a_serverless_container_serves_the_newest_cached_snapshot(cached_image, 
                                      "-v", f"{volume}:/runpod-volume:ro", MODEL=REPO)
     try:
         cold = wait_worker(queue, container)
-        state = queue.wait_final(queue.run({"prompt": "The capital of France is",
-                                            "sampling_params": {"max_tokens": 8}}), timeout=300)
-        assert state["status"] == "COMPLETED" and state["output"], state
-        listed = requests.get(f"{queue.url}/openai/v1/models", headers=queue.headers,
-                              timeout=300).json()
-        assert [m["id"] for m in listed["data"]] == [REPO], listed
+        hub_cache.assert_serves(queue, REPO)
         logs = container.logs()
         assert f"MODEL={REPO}: cached snapshot {NEW} ({REPO_DIR}/snapshots/{NEW})" in logs, \
             logs[-5000:]

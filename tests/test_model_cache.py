@@ -18,7 +18,6 @@ from pathlib import Path
 
 import hub_cache
 import pytest
-import requests
 from image_fixtures import worker_env
 
 from llmkit import models
@@ -177,12 +176,7 @@ def test_a_worker_serves_the_cached_model_and_a_missing_one_exits(cache, handler
                 assert proc.poll() is None, log.read_text()[-4000:]
                 assert time.monotonic() < deadline, log.read_text()[-4000:]
                 time.sleep(0.5)
-            state = ep.wait_final(ep.run({"prompt": "The capital of France is",
-                                          "sampling_params": {"max_tokens": 8}}), timeout=300)
-            assert state["status"] == "COMPLETED" and state["output"], state
-            listed = requests.get(f"{ep.url}/openai/v1/models", headers=ep.headers,
-                                  timeout=300).json()
-            assert [m["id"] for m in listed["data"]] == [REPO], listed
+            hub_cache.assert_serves(ep, REPO)
             text = log.read_text()
             assert f"MODEL={REPO}: cached snapshot {NEW} ({snapshot(cache, NEW)})" in text
         finally:
