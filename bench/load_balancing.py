@@ -131,27 +131,13 @@ def measure(ctx: runner.Context, args) -> dict:
 
         async def go():
             texts = {v: (await job(v)(0)).text for v in VARIANTS}  # warm-up
-            rounds = {(n, v): [] for n in clients for v in VARIANTS}
-            for n in clients:
-                per_client = 3 if n == 1 else 2
-                for i, v in enumerate(workload.interleave(VARIANTS, args.reps)):
-                    rep = i // len(VARIANTS)
-                    rounds[n, v].append(await workload.closed_loop(
-                        lambda j, v=v, rep=rep: job(v)(rep * 7 + j), n, per_client))
-            return texts, rounds
+            return texts, await workload.rounds_by_clients(job, VARIANTS, clients, args.reps)
 
         texts, rounds = ctx.run(go())
     finally:
         ctx.run(lb.stop())
-    rows, ratios = {}, []
+    rows, ratios = workload.round_rows(rounds), []
     for n in clients:
-        for v in VARIANTS:
-            rs = rounds[n, v]
-            jobs = [j for r in rs for j in r.jobs]
-            rows[f"{n} client(s): {v}"] = {
-                "clients": n, "variant": v, "tok_s": stats.median([r.tok_s for r in rs]),
-                "ttft_ms": stats.median([j.ttft * 1e3 for j in jobs]),
-                "job_s": stats.median([j.latency for j in jobs]), "jobs": len(jobs)}
         for api in ("native API", "OpenAI route"):
             q = rows[f"{n} client(s): queue: {api}"]
             b = rows[f"{n} client(s): load-balancing: {api}"]

@@ -95,28 +95,12 @@ def measure(ctx: runner.Context, args) -> dict:
 
     async def go():
         texts = {v: await runner(v)(0) for v in VARIANTS}  # warm-up, and the same answer?
-        rounds = {(n, v): [] for n in clients for v in VARIANTS}
-        for n in clients:
-            jobs = 3 if n == 1 else 2
-            for i, v in enumerate(workload.interleave(VARIANTS, args.reps)):
-                rep = i // len(VARIANTS)
-                rounds[n, v].append(await workload.closed_loop(
-                    lambda j, v=v, rep=rep: runner(v)(rep * 7 + j), n, jobs))
+        rounds = await workload.rounds_by_clients(runner, VARIANTS, clients, args.reps)
         return {v: st.text for v, st in texts.items()}, rounds
 
     texts, rounds = ctx.run(go())
-    rows, ratios = {}, []
+    rows, ratios = workload.round_rows(rounds), []
     for n in clients:
-        for v in VARIANTS:
-            rs = rounds[n, v]
-            jobs = [j for r in rs for j in r.jobs]
-            rows[f"{n} client(s): {v}"] = {
-                "clients": n, "variant": v,
-                "tok_s": stats.median([r.tok_s for r in rs]),
-                "job_s": stats.median([j.latency for j in jobs]),
-                "ttft_ms": stats.median([j.ttft * 1e3 for j in jobs]),
-                "chunks": stats.median([j.chunks for j in jobs]),
-                "rounds": len(rs), "jobs": len(jobs)}
         oa, native, raw = (rows[f"{n} client(s): {v}"]["tok_s"] for v in
                            (VARIANTS[2], VARIANTS[1], VARIANTS[0]))
         ratios.append(stats.ratio(f"OpenAI route / native API tok/s, {n} client(s)",

@@ -127,3 +127,32 @@ def interleave(variants: list[str], reps: int) -> list[str]:
     for r in range(reps):
         order.extend(variants if r % 2 == 0 else list(reversed(variants)))
     return order
+
+
+async def rounds_by_clients(runner: Callable[[str], Callable[[int], Awaitable[JobStats]]],
+                            variants: list[str], clients: list[int], reps: int
+                            ) -> dict[tuple[int, str], list[Round]]:
+    """At each client count, ``reps`` closed-loop rounds of each variant, interleaved so
+    that drift hits them alike (3 jobs per client at 1 client, else 2); ``runner(variant)``
+    gives the job function. Keyed (clients, variant)."""
+    rounds = {(n, v): [] for n in clients for v in variants}
+    for n in clients:
+        per_client = 3 if n == 1 else 2
+        for i, v in enumerate(interleave(variants, reps)):
+            rep = i // len(variants)
+            rounds[n, v].append(await closed_loop(
+                lambda j, v=v, rep=rep: runner(v)(rep * 7 + j), n, per_client))
+    return rounds
+
+
+def round_rows(rounds: dict[tuple[int, str], list[Round]]) -> dict[str, dict]:
+    """One row per (clients, variant) of rounds_by_clients: medians over its rounds and jobs."""
+    rows = {}
+    for (n, v), rs in rounds.items():
+        jobs = [j for r in rs for j in r.jobs]
+        rows[f"{n} client(s): {v}"] = {
+            "clients": n, "variant": v, "tok_s": median([r.tok_s for r in rs]),
+            "job_s": median([j.latency for j in jobs]),
+            "ttft_ms": median([j.ttft * 1e3 for j in jobs]),
+            "chunks": median([j.chunks for j in jobs]), "rounds": len(rs), "jobs": len(jobs)}
+    return rows

@@ -104,3 +104,30 @@ def test_sse_reads_counts_an_event_when_its_end_arrives():
         return [events async for _, events in workload.sse_reads(response)]
 
     assert asyncio.run(collect()) == [[b"data: 1"], [], [b"data: 2", b"data: 3"], []]
+
+
+def test_rounds_by_clients_interleave_each_variant_and_rows_take_medians():
+    import asyncio
+
+    from bench import workload
+
+    calls = []
+
+    def runner(variant):
+        async def job(i):
+            calls.append((variant, i))
+            st = workload.JobStats(start=workload.now())
+            st.first = st.end = st.start + 0.001
+            st.tokens, st.chunks = 4, 2
+            return st
+        return job
+
+    rounds = asyncio.run(workload.rounds_by_clients(runner, ["a", "b"], [1, 2], 2))
+    assert sorted(rounds) == [(1, "a"), (1, "b"), (2, "a"), (2, "b")]
+    assert all(len(rs) == 2 for rs in rounds.values())
+    assert [len(r.jobs) for r in rounds[1, "a"]] == [3, 3]  # 3 jobs per client at 1 client
+    assert [len(r.jobs) for r in rounds[2, "b"]] == [4, 4]  # else 2 per client
+    assert [v for v, _ in calls[:6]] == ["a"] * 3 + ["b"] * 3  # interleaved: a, b, b, a
+    rows = workload.round_rows(rounds)
+    assert rows["2 client(s): b"]["jobs"] == 8 and rows["1 client(s): a"]["chunks"] == 2
+    assert rows["1 client(s): a"]["ttft_ms"] < 1000
