@@ -1,9 +1,9 @@
 """The kit's worker loop (llmkit/runtime/worker_loop.py, which serve() runs).
 
 Timing runs the SDK's real production loop against the local endpoint, with a paced
-toy handler (endpoint_fixtures.FAKE_HANDLER) that stamps its start and end times; each
-timing test also runs with WORKER_LOOP=sdk, the SDK's own loop, which must show the
-idle second the kit removes. The start-up tests run the real handler.py with vLLM.
+toy handler (endpoint_fixtures.FAKE_HANDLER) that stamps its start and end times. The
+modifier-1 test also runs with WORKER_LOOP=sdk, the SDK's own loop, which sleeps the
+second the kit removes whenever it is full. The start-up tests run the real handler.py with vLLM.
 """
 
 from __future__ import annotations
@@ -66,9 +66,11 @@ def test_at_modifier_1_the_next_job_starts_when_the_last_ends(tmp_path, fake_han
         assert statistics.median(gaps) > 0.5, gaps
 
 
-@pytest.mark.parametrize("loop", LOOPS)
-def test_at_modifier_2_two_jobs_submitted_together_run_together(tmp_path, fake_handler, loop):
-    endpoint = _endpoint(tmp_path, fake_handler, 2, loop)
+def test_at_modifier_2_two_jobs_submitted_together_run_together(tmp_path, fake_handler):
+    # The kit's loop only. The SDK's own loop sometimes counts `a` twice (taken, not yet
+    # started) and sits "full" for a second, and sometimes not: a race, so it is shown
+    # by benchmark 2 over many jobs, not asserted on one (it failed a clean-clone CI run).
+    endpoint = _endpoint(tmp_path, fake_handler, 2, "kit")
     try:
         job = {"stamp": True, "chunks": 10, "delay": 0.1}  # about 1 s each
         a = endpoint.run(job)
@@ -77,11 +79,8 @@ def test_at_modifier_2_two_jobs_submitted_together_run_together(tmp_path, fake_h
         (a0, a1), (b0, b1) = _stamps(endpoint, a), _stamps(endpoint, b)
     finally:
         endpoint.stop()
-    if loop == "kit":
-        assert b0 < a1 and a0 < b1  # they overlap
-        assert b0 - a0 < 0.7, (a0, b0)  # b was sent 0.1 s after a: no idle second
-    else:  # `a`, taken but not yet started, counted twice: "full" for a second
-        assert b0 - a0 > 0.5, (a0, b0)
+    assert b0 < a1 and a0 < b1  # they overlap
+    assert b0 - a0 < 0.7, (a0, b0)  # b was sent 0.1 s after a: no idle second
 
 
 def test_concurrent_submits_run_at_once_and_nothing_is_lost_or_repeated(tmp_path,
