@@ -113,7 +113,7 @@ resolve_model() {
     local cached
     cached="${MODEL_CACHE_DIR:-/runpod-volume/huggingface-cache/hub}/models--${MODEL//\//--}"
     if [[ "$MODE_TO_RUN" == pod && "$MODEL" =~ ^[^/.~][^/]*/[^/]+$ && ! -e "$MODEL" && ! -d "${cached}/snapshots" ]]; then
-        warn "MODEL=${MODEL} is neither baked in nor in Runpod's model cache (${cached}); the notebook's engine() will say so"
+        warn "MODEL=${MODEL} is neither baked in nor in Runpod's model cache (${cached}); the notebook's setup cell will say so"
     fi
 }
 

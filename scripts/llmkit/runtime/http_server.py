@@ -285,11 +285,13 @@ async def _main(served, start_engine):
     host = os.environ.get("HOST", "").strip() or "0.0.0.0"
     limit = vllm_engine.settings().concurrency_modifier
     server = Server(served, limit)
+    apps = [(server.app(health_too=health_port == port), port)]
+    if health_port != port:
+        apps.append((_health_app(server), health_port))
     runners = []
     # handler_cancellation: a client that hangs up cancels its handler task, which aborts
     # its vLLM request (generation.tie_to_job).
-    for app, at in [(server.app(health_too=health_port == port), port)] + (
-            [] if health_port == port else [(_health_app(server), health_port)]):
+    for app, at in apps:
         runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, host, at).start()

@@ -42,15 +42,11 @@ def _start(served):
     # while vLLM starts its engine, not before.
     threading.Thread(target=importlib.import_module, args=("runpod",), daemon=True).start()
     stopping = threading.Event()
-    vllm_engine.engine()
-    vllm_engine.exit_when_engine_dies(stopping)
+    _start_engine(served, stopping)
     import runpod  # done by now; raises the real error if the import failed
 
     install(runpod)  # the kit's worker loop (WORKER_LOOP=sdk: the SDK's own)
-    settings = vllm_engine.settings()
-    concurrency = settings.concurrency_modifier
-    if settings.handler_reload:
-        reload.Watcher(served).start()
+    concurrency = vllm_engine.settings().concurrency_modifier
     try:
         runpod.serverless.start({
             "handler": job_function(None, current=served.current),
@@ -64,21 +60,23 @@ def _start(served):
     vllm_engine.shutdown_engine()  # drained after SIGTERM: stop vLLM in order, then exit
 
 
+def _start_engine(served, stopping):
+    """vLLM's engine, the watchdog that exits when it dies (unless ``stopping``), and with
+    HANDLER_RELOAD the watcher of the handler's file: the same for both kinds of worker."""
+    vllm_engine.engine()
+    vllm_engine.exit_when_engine_dies(stopping)
+    if vllm_engine.settings().handler_reload:
+        reload.Watcher(served).start()
+
+
 def _serve_http(served):
     """MODE_TO_RUN=lb: the worker is an HTTP server (http_server.py), for Runpod's
     load-balancing endpoints; the same handler, engine, watchdog and reloads."""
     from llmkit.runtime import http_server
 
     stopping = threading.Event()
-
-    def start_engine():
-        vllm_engine.engine()
-        vllm_engine.exit_when_engine_dies(stopping)
-        if vllm_engine.settings().handler_reload:
-            reload.Watcher(served).start()
-
     try:
-        http_server.run(served, start_engine)
+        http_server.run(served, lambda: _start_engine(served, stopping))
     finally:
         stopping.set()
     vllm_engine.shutdown_engine()
