@@ -136,3 +136,25 @@ def test_run_all_twice_in_one_kernel_keeps_one_engine_and_a_restart_replaces_it(
     assert len(first) == 1 and second == first, seen  # the same engine, not a second one
     assert "RESTARTED 128" in restarted, restarted
     assert len(after) == 1 and after != first, seen  # the old one gone, a new one up
+
+
+@pytest.mark.parametrize("cell, shown", [
+    ("from llmkit.models import resolve\nresolve('org/absent')",
+     "ModelError: MODEL='org/absent' is not in Runpod's model cache"),
+    ("from llmkit.runtime.config import load\nload({'MODEL': 'm', 'CONCURRENCY_MODIFIER': 'x'})",
+     "SettingsError: CONCURRENCY_MODIFIER='x' is not valid"),
+])
+def test_a_kit_error_shows_in_the_notebook_as_its_message_not_a_traceback(
+        cell, shown, capsys, monkeypatch, tmp_path):
+    from IPython.core.interactiveshell import InteractiveShell
+
+    monkeypatch.setenv("MODEL_CACHE_DIR", str(tmp_path / "runpod-volume"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    shell = InteractiveShell.instance()  # IPython, as the notebook's kernel runs a cell
+    try:
+        result = shell.run_cell(cell)
+    finally:
+        InteractiveShell.clear_instance()
+    out = capsys.readouterr().out
+    assert result.error_in_exec is not None and shown in out, out
+    assert "Traceback" not in out and "File " not in out, out

@@ -57,6 +57,10 @@ _SCALER_API = {
 class StartupError(RuntimeError):
     """A start-up failure explained by its message: no traceback needed."""
 
+    def _render_traceback_(self):
+        # IPython's hook: in the notebook, the message alone, not the kit's frames.
+        return [f"{type(self).__name__}: {self}"]
+
 
 class UnknownSDK(StartupError):
     """The installed runpod SDK is not the one the kit's worker loop was written for."""
