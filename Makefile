@@ -18,7 +18,7 @@ MODEL ?= SmolLM2-135M-Instruct
 
 STAMP := $(VENV)/.installed-$(DEVICE)
 
-.PHONY: help install model tiny-model export-handler check-handler demo test test-fast lint serve serve-lb clean docs-screenshot
+.PHONY: help install model tiny-model export-handler check-handler demo test test-fast lint serve serve-lb clean docs-screenshot check-vllm
 
 help:
 	@echo "make demo             install, prepare $(MODEL), export the handler, stream an answer"
@@ -33,6 +33,7 @@ help:
 	@echo "make check-handler    fail if $(HANDLER) is out of date with the notebook"
 	@echo "make bench            benchmarks against raw vLLM -> docs/BENCHMARKS.md (BENCH_ARGS=--quick)"
 	@echo "make soak             1000 jobs at 32 concurrent to 2 workers; nothing may be lost (SOAK_ARGS=...)"
+	@echo "make check-vllm       check each supported vLLM release's wheel against the kit's boundary"
 	@echo "make lint             ruff"
 	@echo "make docs-screenshot  Jupyter Lab in headless Chromium -> docs/jupyter-lab.png"
 	@echo "make image            base image with MODEL baked in (BUILDER=docker|depot, IMAGE=...)"
@@ -118,6 +119,11 @@ soak: install export-handler
 
 lint: install
 	$(PY) -m ruff check scripts tests bench
+
+# Each vLLM release the kit supports (llmkit/runtime/vllm_api.py), read from its published
+# wheel without installing it: the touchpoints, their signatures, the documented settings.
+check-vllm: install
+	$(PY) -m llmkit.check_vllm $(CHECK_VLLM_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -85,3 +85,27 @@ def test_a_bad_setting_is_refused_by_its_variable(config, tiny_model_dir, name, 
     with pytest.raises(config.SettingsError) as refused:
         config.load({"MODEL": str(tiny_model_dir), name: value})
     assert expected in str(refused.value)
+
+
+def test_a_variable_that_names_no_flag_is_reported_with_the_nearest_then_ignored(
+        config, tiny_model_dir, capfd):
+    """A typo, or a flag a vLLM release removed: one line each at start, and the worker
+    goes on with the rest; the machine's other variables are left alone."""
+    settings = config.load({"MODEL": str(tiny_model_dir), "MAX_MODEL_LENGTH": "300",
+                            "TENSOR_PARALEL_SIZE": "1", "SWAP_SPACE": "4",
+                            "GUIDED_DECODING_BACKEND": "xgrammar", "MAX_NUM_SEQS": "4",
+                            "HOME": "/root", "HOSTNAME": "box", "TERM": "xterm",
+                            "PATH": "/usr/bin", "LANG": "C.UTF-8", "MAX_TOKENS": "3"})
+    assert settings.engine_args["max_num_seqs"] == 4
+    assert "max_model_len" not in settings.engine_args
+    lines = [line for line in capfd.readouterr().err.splitlines() if "not a setting" in line]
+    version = __import__("llmkit.runtime.vllm_api").runtime.vllm_api.version()
+    assert lines == [
+        f"GUIDED_DECODING_BACKEND is not a setting of vLLM {version}, which removed the flag: "
+        "set STRUCTURED_OUTPUTS_CONFIG='{\"backend\": ...}' instead. Ignored.",
+        f"MAX_MODEL_LENGTH is not a setting of vLLM {version}; did you mean MAX_MODEL_LEN? "
+        "Ignored.",
+        f"SWAP_SPACE is not a setting of vLLM {version}, which removed the flag: vLLM no "
+        "longer has it. Ignored.",
+        f"TENSOR_PARALEL_SIZE is not a setting of vLLM {version}; did you mean "
+        "TENSOR_PARALLEL_SIZE? Ignored."]

@@ -11,21 +11,21 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import json
 import os
 import re
 import sys
 
-from vllm import AsyncEngineArgs
-from vllm.entrypoints.launchers.cli_args import (
+from llmkit.runtime import model_cache
+from llmkit.runtime.vllm_api import (
+    AsyncEngineArgs,
     BaseFrontendArgs,
+    FlexibleArgumentParser,
+    current_platform,
     make_arg_parser,
     validate_parsed_serve_args,
 )
-from vllm.platforms import current_platform
-from vllm.utils.argparse_utils import FlexibleArgumentParser
-
-from llmkit.runtime import model_cache
 from llmkit.runtime.worker_loop import StartupError
 
 ON_CPU = current_platform.is_cpu()
@@ -42,6 +42,32 @@ NOT_ENGINE_SETTINGS = {
     "NNODES": "torch.distributed's launcher variable",
     "NODE_RANK": "torch.distributed's launcher variable",
 }
+# Flags `vllm serve` had and dropped (read from the wheels of 0.11.0 and 0.34.0): a variable
+# named so is reported at start, with what replaced it, then ignored.
+REMOVED_FLAGS = {
+    **dict.fromkeys(("GUIDED_DECODING_BACKEND", "GUIDED_DECODING_DISABLE_ANY_WHITESPACE",
+                     "GUIDED_DECODING_DISABLE_ADDITIONAL_PROPERTIES",
+                     "GUIDED_DECODING_DISABLE_FALLBACK"),
+                    "set STRUCTURED_OUTPUTS_CONFIG='{\"backend\": ...}' instead"),
+    "TASK": "set RUNNER (generate, pooling) and CONVERT (embed, classify, ...) instead",
+    "ROPE_SCALING": "set HF_OVERRIDES='{\"rope_scaling\": ...}' instead",
+    "ROPE_THETA": "set HF_OVERRIDES='{\"rope_theta\": ...}' instead",
+    "OVERRIDE_POOLER_CONFIG": "set POOLER_CONFIG instead",
+    "CUDA_GRAPH_SIZES": "set CUDAGRAPH_CAPTURE_SIZES instead",
+    **dict.fromkeys(("SWAP_SPACE", "NUM_LOOKAHEAD_SLOTS", "DISABLE_FRONTEND_MULTIPROCESSING",
+                     "ENABLE_LORA_BIAS", "LORA_EXTRA_VOCAB_SIZE", "CALCULATE_KV_SCALES",
+                     "MAX_NUM_PARTIAL_PREFILLS", "MAX_LONG_PARTIAL_PREFILLS",
+                     "DISABLE_MM_PREPROCESSOR_CACHE", "LOGITS_PROCESSOR_PATTERN",
+                     "OVERRIDE_ATTENTION_DTYPE"), "vLLM no longer has it"),
+}
+# Never taken for a misspelt flag: other programs' variables, and the kit's own.
+OTHER_PREFIXES = ("RUNPOD_", "VLLM_", "HF_HUB_", "CUDA_", "NCCL_", "NVIDIA_", "PYTHON", "LC_",
+                  "XDG_", "JUPYTER", "SSH", "OMP_", "KMP_", "MKL_", "TORCH", "PIP_", "UV_",
+                  "DEBIAN", "DOCKER", "GIT_", "STREAM_INTERVAL", "HANDLER_", "WORKER_LOOP",
+                  "MODEL_", "PYTEST")
+KIT_VARIABLES = {"MODE_TO_RUN", "CONCURRENCY_MODIFIER", "DEFAULT_MAX_TOKENS", "MODEL_ID",
+                 "OPENAI_SERVED_MODEL_NAME_OVERRIDE", "PORT_HEALTH", "PUBLIC_KEY",
+                 "JUPYTER_PASSWORD", "HANDLER_PATH"}
 # The kit's defaults where vLLM's do not suit it; any of them can be set by its name.
 KIT_ENGINE_DEFAULTS = {
     # float32 batches 4x faster than bfloat16 on a CPU without native bf16; graph capture
@@ -128,10 +154,7 @@ def cached_model(environ):
     folder, commit = model_cache.resolve(
         model, environ.get("MODEL_REVISION", ""),
         environ.get(model_cache.CACHE_DIR_VAR, "").strip() or model_cache.DEFAULT_CACHE_DIR)
-    line = f"MODEL={model}: cached snapshot {commit} ({folder})"
-    if line not in _announced:  # once per process, however often the settings are read
-        _announced.add(line)
-        print(line, file=sys.stderr, flush=True)
+    _say_once(f"MODEL={model}: cached snapshot {commit} ({folder})")
     return str(folder), model
 
 
@@ -182,6 +205,8 @@ def engine_settings(environ, model, name=None):
     if override:
         argv += ["--served-model-name", override]
         used["OPENAI_SERVED_MODEL_NAME_OVERRIDE"] = override
+    for line in unknown_settings(environ, set(actions)):
+        _say_once(line)
     args = parser.parse_args(argv)
     try:
         validate_parsed_serve_args(args)
@@ -193,6 +218,31 @@ def engine_settings(environ, model, name=None):
         print("TOOL_CALL_PARSER has no effect without ENABLE_AUTO_TOOL_CHOICE=true: vLLM "
               "refuses every tool_choice until both are set", file=sys.stderr, flush=True)
     return args, used
+
+
+def unknown_settings(environ, flags):
+    """A line for each variable that looks like a vLLM flag but names none of this vLLM's:
+    one a release removed, or a typo such as MAX_MODEL_LENGTH. The worker goes on."""
+    from llmkit.runtime.vllm_api import version
+
+    for name in sorted(environ):
+        if name in flags or name in KIT_VARIABLES or name in NOT_ENGINE_SETTINGS \
+                or name.startswith(OTHER_PREFIXES) or not re.fullmatch(r"[A-Z][A-Z0-9_]+", name):
+            continue
+        if name in REMOVED_FLAGS:
+            yield (f"{name} is not a setting of vLLM {version()}, which removed the flag: "
+                   f"{REMOVED_FLAGS[name]}. Ignored.")
+            continue
+        near = difflib.get_close_matches(name, flags, n=1, cutoff=0.85)
+        if near:
+            yield (f"{name} is not a setting of vLLM {version()}; did you mean {near[0]}? "
+                   "Ignored.")
+
+
+def _say_once(line):
+    if line not in _announced:  # once per process, however often the settings are read
+        _announced.add(line)
+        print(line, file=sys.stderr, flush=True)
 
 
 def _bool(raw):

@@ -7,7 +7,8 @@ import dataclasses
 import difflib
 
 import msgspec  # vLLM's own dependency: SamplingParams is a msgspec Struct
-from vllm import SamplingParams
+
+from llmkit.runtime.vllm_api import SamplingParams
 
 
 class InputError(ValueError):

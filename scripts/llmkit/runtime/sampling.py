@@ -6,12 +6,14 @@ from __future__ import annotations
 import re
 
 import msgspec
-from vllm import SamplingParams
-from vllm.entrypoints.serve.exception_handling.utils import sanitize_message
-from vllm.exceptions import VLLMClientError
-from vllm.sampling_params import RequestOutputKind
 
 from llmkit.runtime.inputs import SAMPLING_FIELDS, InputError
+from llmkit.runtime.vllm_api import (
+    RequestOutputKind,
+    SamplingParams,
+    VLLMClientError,
+    sanitize_message,
+)
 
 _INT64 = range(-(2**63), 2**63)  # what the engine's transport carries
 # What vLLM checks only when a request reaches the engine: against the vocabulary and the

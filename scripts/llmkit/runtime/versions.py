@@ -31,12 +31,31 @@ def mismatch(wanted: str, have: str = API_VERSION) -> str | None:
 
 
 def require(wanted: str):
-    """Stop this worker before it takes any job when its runtime cannot run the handler:
-    report it unhealthy, naming both versions, and exit non-zero."""
+    """Stop this worker before it takes any job when its runtime cannot run the handler, or
+    the installed vLLM lacks what the runtime uses: report it unhealthy, naming both
+    versions, and exit non-zero."""
+    from llmkit.runtime.worker_loop import exit_now
+
     reason = mismatch(wanted)
     if reason is not None:
-        from llmkit.runtime.worker_loop import exit_now
         exit_now(1, "runtime-version", reason)
+    reason = vllm_mismatch()
+    if reason is not None:
+        exit_now(1, "vllm-version", reason)
+
+
+def vllm_mismatch() -> str | None:
+    """Why the installed vLLM cannot run the runtime (one line), or None when it can."""
+    from llmkit.runtime import vllm_api
+
+    try:
+        vllm_api.check()
+    except vllm_api.VLLMUnsupported as err:
+        return str(err)
+    except ImportError as err:  # vLLM itself, or a library it needs, does not import
+        return (f"vLLM {vllm_api.version()} does not import ({err}); "
+                f"{vllm_api.supported_line()}")
+    return None
 
 
 if __name__ == "__main__":  # `python -m llmkit.runtime.versions`: this runtime's version
