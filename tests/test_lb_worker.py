@@ -34,8 +34,9 @@ class Worker:
     """A load-balancing worker, started in a process or a container; ``pings`` holds
     (seconds since start, /ping status) each time the status changed."""
 
-    def __init__(self, where, start, stop, exited, logs):
+    def __init__(self, where, start, stop, exited, logs, extra_env=None):
         self.where, self._stop, self.exited, self.logs = where, stop, exited, logs
+        self.extra_env = extra_env or {}
         self.port, self.health_port = h.free_port(), h.free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.started = time.monotonic()
@@ -61,7 +62,7 @@ class Worker:
     def env(self, model, handler):
         return {"MODE_TO_RUN": "lb", "PORT": str(self.port), "PORT_HEALTH": str(self.health_port),
                 "CONCURRENCY_MODIFIER": str(LIMIT), "MODEL": model, "MAX_MODEL_LEN": "8192",
-                "HANDLER_PATH": handler}
+                "HANDLER_PATH": handler, **self.extra_env}
 
     def stats(self):
         return requests.get(f"{self.url}/stats", timeout=10).json()
@@ -80,7 +81,7 @@ class Worker:
         self._stop()
 
 
-def _host(tmp_path_factory, tiny_model_dir, plain_handler):
+def _host(tmp_path_factory, tiny_model_dir, plain_handler, extra_env=None):
     log = tmp_path_factory.mktemp("lb-host") / "worker.log"
     procs = []
 
@@ -93,7 +94,7 @@ def _host(tmp_path_factory, tiny_model_dir, plain_handler):
                                           cwd=log.parent))
 
     worker = Worker("host", start, lambda: procs[0].send_signal(signal.SIGTERM),
-                    lambda: procs[0].poll(), lambda: log.read_text(errors="replace"))
+                    lambda: procs[0].poll(), lambda: log.read_text(errors="replace"), extra_env)
     worker.process = procs[0]
     return worker
 
@@ -188,6 +189,21 @@ def test_the_anthropic_client_straight_at_the_worker(lb):
         client.messages.create(model="nope", max_tokens=8,
                                messages=[{"role": "user", "content": "Hi"}])
     assert err.value.body["type"] == "error"
+
+
+def test_every_route_vllm_serve_serves_tokenize_and_detokenize(lb):
+    """vLLM's own app answers, so its routes outside /v1 are there too."""
+    model = requests.get(f"{lb.url}/v1/models", timeout=10).json()["data"][0]["id"]
+    tokens = requests.post(f"{lb.url}/tokenize", timeout=30,
+                           json={"model": model, "prompt": "Hello there"}).json()
+    assert tokens["count"] == len(tokens["tokens"]) > 0, tokens
+    text = requests.post(f"{lb.url}/detokenize", timeout=30,
+                         json={"model": model, "tokens": tokens["tokens"]}).json()
+    assert text["prompt"].strip().endswith("Hello there"), text
+    assert requests.get(f"{lb.url}/version", timeout=10).json()["version"]
+    missing = requests.post(f"{lb.url}/v1/embeddings", timeout=10,
+                            json={"model": model, "input": "x"})
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == 404
 
 
 def native(lb, job_input, accept=None, **kwargs):
@@ -361,3 +377,37 @@ def test_sigterm_drains_the_requests_in_flight_then_exits_zero(lb):
     assert "draining 4 request(s)" in logs and "vLLM's engine shut down" in logs, logs[-3000:]
     assert "Traceback" not in logs, logs[-5000:]
 
+
+
+# vLLM's own runner settings turn the tiny generative model into an embedding model.
+POOLING = {"RUNNER": "pooling", "CONVERT": "embed", "MAX_MODEL_LEN": "256"}
+
+
+@pytest.fixture(scope="module")
+def pooling_lb(tmp_path_factory, tiny_model_dir, plain_handler):
+    worker = _host(tmp_path_factory, tiny_model_dir, plain_handler, POOLING)
+    try:
+        yield worker
+    finally:
+        worker.terminate()
+        try:
+            worker.process.wait(60)
+        finally:
+            if worker.process.poll() is None:
+                worker.process.kill()
+
+
+def test_a_pooling_model_serves_embeddings_to_the_openai_client(pooling_lb):
+    import openai
+
+    client = openai.OpenAI(base_url=f"{pooling_lb.url}/v1", api_key="unused", max_retries=0)
+    model = client.models.list().data[0].id
+    reply = client.embeddings.create(model=model, input=["Hello there", "Goodbye"])
+    vectors = [item.embedding for item in reply.data]
+    assert len(vectors) == 2 and len(vectors[0]) == len(vectors[1]) == 128, reply
+    assert vectors[0] != vectors[1] and reply.usage.prompt_tokens > 0
+    pooled = requests.post(f"{pooling_lb.url}/pooling", timeout=30,
+                           json={"model": model, "input": "Hello there"})
+    assert pooled.status_code == 200 and pooled.json()["data"], pooled.text
+    with pytest.raises(openai.NotFoundError):  # no text generation on a pooling model
+        client.completions.create(model=model, prompt="Hi", max_tokens=4)

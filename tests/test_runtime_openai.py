@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from llmkit import handler_module
-from llmkit.runtime import vllm_engine
+from llmkit.runtime import vllm_app, vllm_engine
 from llmkit.runtime.jobs import job_function
 
 pytestmark = pytest.mark.engine
@@ -164,7 +164,8 @@ ERRORS = [  # (route, body, HTTP status, what the message says)
     ("/v1/chat/completions", None, 405, "is a POST"),
     ("/v1/chat/completions", [1, 2], 400, "input.openai_input must be a JSON object"),
     ("/v1/models", {"model": NAME}, 405, "/v1/models takes no body"),
-    ("/v1/embeddings", {"model": NAME, "input": "x"}, 404, "input.openai_route must be one of"),
+    ("/v1/embeddings", {"model": NAME, "input": "x"}, 404,
+     "vLLM serves no /v1/embeddings for this model"),
 ]
 
 
@@ -188,7 +189,7 @@ def test_an_unknown_field_next_to_the_route_is_refused(handler):
 
 def test_an_unexpected_error_is_logged_and_the_client_gets_one_line_with_the_job_id(
         handler, monkeypatch, capfd):
-    serving = handler.run(vllm_engine.openai_state()).openai_serving_chat
+    serving = handler.run(vllm_app.state()).openai_serving_chat
 
     async def explode(request, raw_request):
         raise RuntimeError("kaboom in /secret/worker/path.py")
@@ -252,3 +253,30 @@ def test_a_handlers_chat_messages_hook_reshapes_the_chat_route(handler):
     # The same as sending the system message: the hook is applied once, before vLLM's layer.
     sent = one_body(call(handler, "/v1/chat/completions", {**body, "messages": [system, *HI]}))
     assert sent["usage"]["prompt_tokens"] == one_body(with_hook)["usage"]["prompt_tokens"]
+
+
+def test_any_route_of_vllm_serve_through_the_generic_input(handler):
+    """{"route", "body", "method"}: the official worker's input reaches vLLM's routes outside
+    /v1, answered by `vllm serve`'s own app."""
+    def route(job_input):
+        return handler.run(handler_module.collect(handler, job_input))
+
+    tokens = one_body(route({"route": "/tokenize", "body": {"model": NAME, "prompt": "hi"}}))
+    assert tokens["count"] == len(tokens["tokens"]) > 0, tokens
+    text = one_body(route({"route": "/detokenize", "method": "POST",
+                           "body": {"model": NAME, "tokens": tokens["tokens"]}}))
+    assert text["prompt"].endswith("hi"), text
+    assert one_body(route({"route": "/v1/models"}))["data"][0]["id"] == NAME  # no body: a GET
+    out = route({"route": "/tokenize", "body": [1]})
+    assert out[0]["error"]["code"] == 400 and "input.body must be a JSON object" in \
+        out[0]["error"]["message"], out
+    out = route({"route": "/tokenize", "method": "PATCH", "body": {"prompt": "x"}})
+    assert out[0]["error"]["code"] == 400 and "input.method" in out[0]["error"]["message"]
+
+
+def test_a_handlers_own_route_field_stays_the_handlers():
+    from llmkit.runtime.openai_route import is_openai_job
+
+    assert is_openai_job({"route": "/tokenize", "body": {}})
+    assert not is_openai_job({"prompt": "hi", "route": "/tokenize"})  # a handler's field
+    assert not is_openai_job({"route": "north"})

@@ -16,10 +16,7 @@ import asyncio
 import time
 import uuid
 
-from vllm.exceptions import VLLMClientError
-from vllm.v1.engine.exceptions import EngineGenerateError
-
-from llmkit.runtime import vllm_engine
+from llmkit.runtime import vllm_app, vllm_engine
 from llmkit.runtime.inputs import InputError, Request
 from llmkit.runtime.sampling import (
     PROCESSOR_CHECKS,
@@ -27,6 +24,7 @@ from llmkit.runtime.sampling import (
     sampling_params,
     vllm_error_message,
 )
+from llmkit.runtime.vllm_api import EngineGenerateError, VLLMClientError
 
 _aborts = set()  # abort tasks in flight (the event loop keeps only weak references)
 
@@ -58,7 +56,7 @@ async def generate(request: Request):
 
 async def lora_request(name):
     """vLLM's LoRARequest for the adapter ``name``, as its OpenAI layer holds it."""
-    adapters = (await vllm_engine.openai_state()).openai_serving_models.lora_requests
+    adapters = (await vllm_app.state()).openai_serving_models.lora_requests
     if name not in adapters:
         serves = f"this worker serves {', '.join(sorted(adapters))}" if adapters else \
             "this worker serves none: set ENABLE_LORA=true and LORA_MODULES=name=path"

@@ -7,9 +7,9 @@ over HTTP by the worker itself, as Runpod's load-balancing endpoints call it. No
     POST /runsync               the native API, the user's handler: {"input": {...}}.
                                 JSON like a queue endpoint's /runsync, or the chunks as they
                                 come: Accept: text/event-stream (SSE) or application/x-ndjson
-    POST /v1/chat/completions, /v1/completions, /v1/responses, /v1/messages; GET /v1/models
-                                vLLM's OpenAI (and Anthropic Messages) serving, as on the
-                                queue worker's OpenAI route (openai_route.py)
+    anything else               `vllm serve`'s own app, in process (vllm_app.py): every
+                                route it serves for the model, /v1/chat/completions,
+                                /v1/responses, /v1/messages, /v1/models, /tokenize, ...
 
 At most CONCURRENCY_MODIFIER requests run at once (vLLM batches them); one more gets 429
 with Retry-After at once, never a wait: a load balancer has no queue, the client or the
@@ -31,11 +31,13 @@ import uuid
 
 from aiohttp import web
 
-from llmkit.runtime import vllm_engine
+from llmkit.runtime import vllm_app, vllm_engine
 from llmkit.runtime.config import SettingsError
 from llmkit.runtime.error_shapes import anthropic_error, openai_error
+from llmkit.runtime.errors import log_unexpected
+from llmkit.runtime.inputs import InputError
 from llmkit.runtime.jobs import failure
-from llmkit.runtime.openai_route import ROUTES, openai_job
+from llmkit.runtime.openai_route import answer_chunk, sse_batched
 
 MAX_BODY = 30 * 1024 * 1024  # Runpod's limit for a load-balancing request
 BUSY_RETRY_S, STARTING_RETRY_S = 1, 5  # Retry-After: a slot frees in about an answer's time
@@ -58,9 +60,7 @@ class Server:
             app.router.add_get("/ping", self.ping)
         app.router.add_get("/stats", self.stats)
         app.router.add_post("/runsync", self.native)
-        for route in ROUTES:
-            add = app.router.add_get if route == "/v1/models" else app.router.add_post
-            add(route, self.openai)
+        app.router.add_route("*", "/{path:.*}", self.vllm)  # every route of `vllm serve`
         return app
 
     async def ping(self, request):
@@ -123,42 +123,70 @@ class Server:
         finally:
             self.release()
 
-    # --- vLLM's OpenAI and Anthropic serving --------------------------------------------
+    # --- every route `vllm serve` serves: its app, in process ----------------------------
 
-    async def openai(self, request):
+    async def vllm(self, request):
         route, request_id = request.path, f"lb-{uuid.uuid4().hex[:12]}"
-        counted = request.method == "POST"  # /v1/models costs nothing: always answered
+        counted = request.method not in ("GET", "HEAD")  # /v1/models, /health: always answered
         refused = self.refusal() if counted else None
         if refused:
             return _error(route, *refused)
         if counted:
             self.admit()
         try:
-            job_input = {"openai_route": route}
-            if counted:
-                body, problem, status = await _body(request)
-                if problem is None and not isinstance(body, dict):
-                    problem, status = f"the body must be a JSON object, as {route} takes", 400
-                if problem:
-                    return _error(route, status, problem)
-                job_input["openai_input"] = body
+            try:
+                raw = await request.read()
+            except web.HTTPRequestEntityTooLarge:
+                return _error(route, 413, f"the body is over {MAX_BODY // 2**20} MB, "
+                                          "Runpod's limit")
             chat_messages = self.served.current()[1]
-            chunks = openai_job(job_input, request_id, chat_messages)
-            first = await anext(chunks, None)
-            if isinstance(first, str):
-                return await _stream_sse(request, first, chunks, route, request_id)
-            if isinstance(first, dict) and isinstance(first.get("error"), dict):
-                error = first["error"]
-                code = error.get("code")
-                status = code if isinstance(code, int) and 400 <= code <= 599 else 500
-                return _error(route, status, str(error.get("message")), body=first)
-            return _json(first, 200)
+            if route == "/v1/chat/completions" and chat_messages is not None:
+                raw = _hooked(raw, chat_messages)
+                if isinstance(raw, str):
+                    return _error(route, 400, raw)
+            reply = await vllm_app.request(request.method, route, raw, request.query_string)
+            # A client that hangs up cancels this task (handler_cancellation): hang up on
+            # vLLM's app then, which aborts vLLM's request; a no-op once it has answered.
+            asyncio.current_task().add_done_callback(lambda _: reply.hang_up())
+            if reply.streaming:
+                return await _stream_sse(request, sse_batched(reply, request_id, route))
+            body = await reply.read()
+            internal = await reply.failed
+            if internal is not None:  # vLLM's handler of last resort: log, say one line
+                return _error(route, 500, log_unexpected(request_id, internal))
+            if reply.status >= 400:  # in the route's own shape, naming variables, not flags
+                chunk = answer_chunk(reply, body, request.method, route)
+                return _error(route, reply.status, _message(chunk), body=chunk)
+            return web.Response(body=body, status=reply.status,
+                                headers={"Content-Type": reply.content_type or "text/plain"})
+        except ConnectionError:  # the client hung up: vLLM's request is aborted
+            return None
         except Exception as err:  # never a traceback to the client
             chunk, status = failure(err, request_id, openai=True)
             return _error(route, status, chunk["error"]["message"], body=chunk)
         finally:
             if counted:
                 self.release()
+
+
+def _hooked(raw, chat_messages):
+    """The body with the handler's chat_messages applied, or what is wrong (a str)."""
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return raw  # vLLM's app says what is wrong with it
+    if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+        return raw
+    try:
+        body["messages"] = chat_messages(list(body["messages"]))
+    except InputError as err:
+        return str(err)
+    return json.dumps(body).encode()
+
+
+def _message(chunk):
+    error = chunk.get("error")
+    return str(error.get("message") if isinstance(error, dict) else error)
 
 
 # --- answers -------------------------------------------------------------------------------
@@ -246,15 +274,13 @@ def _event(kind, chunk, error=False):
     return f"{'event: error' + chr(10) if error else ''}data: {data}\n\n".encode()
 
 
-async def _stream_sse(request, first, chunks, route, request_id):
-    """vLLM's SSE text as it comes; a stream that fails midway ends with openai_job's error
-    event in the route's shape."""
+async def _stream_sse(request, chunks):
+    """vLLM's SSE text as it comes, batched; a stream that fails midway ends with an error
+    event in the route's shape (openai_route.sse_batched)."""
     reply = await _open_stream(request, SSE)
     try:
-        await reply.write(first.encode())
         async for text in chunks:
-            await reply.write(text.encode() if isinstance(text, str)
-                              else f"data: {json.dumps(text)}\n\n".encode())
+            await reply.write(text.encode())
         await reply.write_eof()
     except ConnectionError:
         pass  # the client hung up: closing the chunks aborts vLLM's request
@@ -305,7 +331,7 @@ async def _main(served, start_engine):
     started = time.monotonic()
     try:
         await loop.run_in_executor(None, start_engine)  # /ping answers 204 meanwhile
-        await vllm_engine.openai_state()  # the OpenAI layer too, before the first request
+        await vllm_app.app()  # vLLM's app too, before the first request
         server.state = READY
         _log(f"ready in {time.monotonic() - started:.1f} s: /ping answers 200")
         await stop.wait()

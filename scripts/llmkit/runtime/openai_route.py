@@ -1,156 +1,167 @@
-"""Runpod's OpenAI route: vLLM's own serving layer, on the worker's engine.
+"""Queue jobs for vLLM's own routes, answered by `vllm serve`'s app in process (vllm_app.py).
 
-The platform turns a request to /openai/v1/... into a job whose input holds
-`openai_route` and `openai_input`. This answers it with the body vLLM's server would
-send, or, streaming, the strings that form its SSE body: OpenAI's chat completions,
-completions, models and Responses API, and Anthropic's Messages API, each through the
-class `vllm serve` uses for it. It bypasses the user's handler; a handler opts its prompt
-change in with `serve(handler, chat_messages=...)`, which rewrites the messages of every
-/v1/chat/completions request. Errors are OpenAI's shape here; the HTTP edge (the
-platform, the local endpoint) gives /v1/messages Anthropic's.
+Two inputs, one path:
+
+* `{"openai_route": "/v1/chat/completions", "openai_input": {...}}`: what Runpod's
+  /openai/v1/... route queues. No body (missing or {}) is a GET, as the platform sends
+  GET /v1/models.
+* `{"route": "/tokenize", "body": {...}, "method": "POST"}`: any route `vllm serve` serves
+  for the model (/tokenize, /detokenize, /v1/embeddings, /pooling, /classify, /score,
+  /rerank, ...), the official vLLM worker's generic input. `method` defaults to POST with
+  a body and GET without.
+
+A JSON answer is one chunk; an error answer (`{"error": ...}`) fails the job. A streamed
+answer is vLLM's SSE text as strings that join into its SSE body, batched like the native
+stream. The user's handler is bypassed; `serve(handler, chat_messages=...)` opts its
+prompt change in for /v1/chat/completions.
 """
 
 from __future__ import annotations
 
-import uuid
+import ast
+import asyncio
+import json
+import re
 
-from vllm.exceptions import GracefulHTTPError, VLLMClientError
-
-from llmkit.runtime import vllm_engine
+from llmkit.runtime import vllm_app, vllm_engine
 from llmkit.runtime.config import flags_as_variables
 from llmkit.runtime.error_shapes import openai_error, stream_error
 from llmkit.runtime.errors import log_unexpected
-from llmkit.runtime.generation import gap_batched, tie_to_job
+from llmkit.runtime.generation import gap_batched
 from llmkit.runtime.inputs import InputError, type_name
 
-ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/responses",
-          "/v1/messages")
+PLATFORM_FIELDS = ("openai_route", "openai_input")
+GENERIC_FIELDS = ("route", "body", "method")
 
 
 def is_openai_job(job_input) -> bool:
-    return isinstance(job_input, dict) and "openai_route" in job_input
+    """Runpod's OpenAI route, or the generic {route, body, method} input (a string route
+    starting with "/" and nothing else, so a handler's own "route" field stays its own)."""
+    if not isinstance(job_input, dict):
+        return False
+    if "openai_route" in job_input:
+        return True
+    route = job_input.get("route")
+    return isinstance(route, str) and route.startswith("/") and set(job_input) <= set(
+        GENERIC_FIELDS)
 
 
-def _serving(route):
-    """(vLLM's request model, the serving object's name on the app state, its method)."""
-    if route == "/v1/chat/completions":
-        from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
-        return ChatCompletionRequest, "openai_serving_chat", "create_chat_completion"
-    if route == "/v1/completions":
-        from vllm.entrypoints.openai.completion.protocol import CompletionRequest
-        return CompletionRequest, "openai_serving_completion", "create_completion"
-    if route == "/v1/responses":
-        from vllm.entrypoints.openai.responses.protocol import ResponsesRequest
-        return ResponsesRequest, "openai_serving_responses", "create_responses"
-    from vllm.entrypoints.anthropic.protocol import AnthropicMessagesRequest
-    return AnthropicMessagesRequest, "anthropic_serving_messages", "create_messages"
+def _request(job_input):
+    """(method, path, body or None) for a job, or raise InputError naming the field."""
+    platform = "openai_route" in job_input
+    fields = PLATFORM_FIELDS if platform else GENERIC_FIELDS
+    unknown = sorted(set(job_input) - set(fields))
+    if unknown:
+        raise InputError(f"unknown field input.{unknown[0]:.40}; this input takes "
+                         f"{' and '.join(fields)}")
+    path = job_input.get(fields[0])
+    if not isinstance(path, str) or not path.startswith("/") or "?" in path:
+        raise InputError(f"input.{fields[0]} must be a path such as /v1/chat/completions, "
+                         f"got {path!r:.60}")
+    body = job_input.get(fields[1])
+    if body is not None and not isinstance(body, dict):
+        raise InputError(f"input.{fields[1]} must be a JSON object, got {type_name(body)}")
+    method = "POST" if body else "GET"
+    if not platform and job_input.get("method") is not None:
+        method = job_input["method"]
+        if method not in ("GET", "POST", "PUT", "DELETE"):
+            raise InputError(f"input.method must be GET, POST, PUT or DELETE, got "
+                             f"{method!r:.20}")
+    return method, path, body
 
 
 async def openai_job(job_input, job_id, chat_messages=None):
-    from pydantic import ValidationError  # vLLM's own dependency, as its protocol models are
-    from vllm.entrypoints.serve.engine.protocol import ErrorResponse
-    from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
-
-    unknown = sorted(set(job_input) - {"openai_route", "openai_input"})
-    route, body = job_input.get("openai_route"), job_input.get("openai_input")
-    if unknown:
-        yield openai_error(400, f"unknown field input.{unknown[0]:.40}; the OpenAI route "
-                                "takes openai_route and openai_input", param=unknown[0][:40])
-        return
-    if route not in ROUTES:
-        yield openai_error(404, f"input.openai_route must be one of {', '.join(ROUTES)}, "
-                                f"got {route!r:.60}", "NotFoundError", "openai_route")
-        return
-    state = await vllm_engine.openai_state()
-    if route == "/v1/models":  # no body: a GET, as the platform sends it
-        if body not in (None, {}):
-            yield openai_error(405, "/v1/models takes no body (it is a GET)",
-                               "MethodNotAllowedError")
-            return
-        yield (await state.openai_serving_models.show_available_models()).model_dump(mode="json")
-        return
-    if body in (None, {}):  # a GET
-        yield openai_error(405, f"{route} is a POST: it needs a body in input.openai_input",
-                           "MethodNotAllowedError")
-        return
-    if not isinstance(body, dict):
-        yield openai_error(400, f"input.openai_input must be a JSON object, got "
-                                f"{type_name(body)}", param="openai_input")
-        return
-    model, serving_name, method = _serving(route)
-    chat = route == "/v1/chat/completions"
     try:
-        request = model.model_validate(body)
-        if chat and chat_messages is not None:  # the handler's prompt change, opted in
-            request.messages = chat_messages(list(request.messages))
-    except ValidationError as err:
-        yield openai_error(400, _validation_message(err), param=_validation_param(err))
+        method, path, body = _request(job_input)
+        if chat_messages is not None and path == "/v1/chat/completions" and body \
+                and isinstance(body.get("messages"), list):  # the handler's change, opted in
+            body = {**body, "messages": chat_messages(list(body["messages"]))}
+    except InputError as err:
+        field = str(err).split()[0]
+        yield openai_error(400, str(err), param=field[6:] if field.startswith("input.") else None)
         return
-    except InputError as err:  # the hook refused the messages
-        yield openai_error(400, str(err), param="messages")
-        return
-    serving = getattr(state, serving_name, None)
-    if serving is None:
-        yield openai_error(501, f"this model does not serve {route}", "NotImplementedError")
-        return
-    if "request_id" in model.model_fields:  # our id, to abort vLLM's request on a cancel
-        request.request_id = f"{job_id}-{uuid.uuid4().hex[:8]}"
-        done = tie_to_job(vllm_engine.engine(), request.request_id, job_id)
-    else:  # Anthropic's request has no id of ours: vLLM aborts it when its generator closes
-        def done():
-            pass
+    raw = json.dumps(body).encode() if body is not None else b""
     try:
-        result = await getattr(serving, method)(request, None)
-    except (VLLMClientError, GracefulHTTPError, ValueError, TypeError, OverflowError) as err:
-        result = create_error_response(err)  # vLLM's own mapping of its errors to statuses
-    if isinstance(result, ErrorResponse):
-        done()
-        error = result.model_dump(mode="json")
-        # vLLM names its flags ("requires --tool-call-parser"): say which variable to set.
-        error["error"]["message"] = flags_as_variables(
-            error["error"]["message"], vllm_engine.settings().variable_names)
-        yield error
-    elif not hasattr(result, "__aiter__"):
-        done()
-        # As vLLM's server writes each: Anthropic's without nulls, the Responses API's by alias.
-        yield result.model_dump(exclude_none=True) if route == "/v1/messages" \
-            else result.model_dump(mode="json", by_alias=True)
-    else:  # streaming: vLLM's SSE text, batched like the native stream
-        events = _sse_events(result) if route == "/v1/responses" else result
-        async for text in gap_batched(_sse_pieces(events, job_id, route), vllm_engine.settings(),
-                                      on_end=done):
+        reply = await vllm_app.request(method, path, raw)
+    except Exception as err:  # the app raised before answering
+        yield openai_error(500, log_unexpected(job_id, err), "InternalServerError")
+        return
+    # The SDK stops a cancelled job by cancelling its task, often while a chunk is posted:
+    # hang up on vLLM's app then too, which aborts vLLM's request.
+    task = asyncio.current_task()
+    if task is not None:
+        task.add_done_callback(lambda _: reply.hang_up())
+    if reply.streaming:
+        async for text in sse_batched(reply, job_id, path):
             yield text
+        return
+    raw = await reply.read()
+    internal = await reply.failed
+    if internal is not None:  # vLLM's handler of last resort answered: log, say one line
+        yield openai_error(500, log_unexpected(job_id, internal), "InternalServerError")
+        return
+    yield answer_chunk(reply, raw, method, path)
 
 
-async def _sse_events(events):
-    """The Responses API's event objects as SSE text, as vLLM's server writes them."""
-    async for event in events:
-        yield (f"event: {getattr(event, 'type', 'unknown')}\n"
-               f"data: {event.model_dump_json(indent=None, by_alias=True)}\n\n")
+def answer_chunk(reply, raw, method, path):
+    """The job's chunk for vLLM's answer: its JSON, an error that fails the job, or text."""
+    try:
+        answer = json.loads(raw) if raw.strip() else None
+    except ValueError:
+        answer = raw.decode(errors="replace")
+    if reply.status < 400:
+        if isinstance(answer, dict):
+            return answer
+        return {"status": reply.status, "content_type": reply.content_type, "body": answer}
+    if isinstance(answer, dict) and answer.get("error"):
+        error = answer["error"]
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            error["message"] = _plain(error["message"])
+            if isinstance(error.get("param"), str):  # "body.temperature": the body's field
+                error["param"] = error["param"].removeprefix("body.")
+        return answer
+    detail = answer.get("detail") if isinstance(answer, dict) else answer
+    if reply.status == 404:
+        message = f"vLLM serves no {path} for this model"
+    elif reply.status == 405:  # the platform sends a request without a body as a GET
+        message = (f"{path} takes no body (it is a GET)" if method == "POST" else
+                   f"{path} is a POST: it needs a body" if method == "GET" else
+                   f"{path} takes no {method}")
+    else:
+        message = f"{path}: {detail}"
+    return openai_error(reply.status, message, "NotFoundError" if reply.status == 404 else
+                        "MethodNotAllowedError" if reply.status == 405 else None)
 
 
-async def _sse_pieces(events, job_id, route):
+def sse_batched(reply, job_id, path):
+    """vLLM's SSE text, batched like the native stream: the first event at once, then at
+    most one string per STREAM_INTERVAL_MS."""
+    return gap_batched(_sse_pieces(reply, job_id, path), vllm_engine.settings())
+
+
+def _plain(message):
+    """vLLM's message for a person: its request model's validation errors as "field: what"
+    (vLLM lists each as a dict), and variables where vLLM names its flags
+    ("requires --tool-call-parser": TOOL_CALL_PARSER is what a worker's user sets)."""
+    lines = message.strip().splitlines()
+    if len(lines) > 1 and re.fullmatch(r"\d+ validation errors?:", lines[0].strip()):
+        try:
+            errors = [ast.literal_eval(line.strip()) for line in lines[1:]]
+            first = errors[0]
+            where = str(first.get("loc", "")).removeprefix("body.").removeprefix("body")
+            more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+            message = f"{where}: {first['msg']}{more}" if where else f"{first['msg']}{more}"
+        except (ValueError, SyntaxError, KeyError, AttributeError, IndexError):
+            pass  # another shape: vLLM's text as it is
+    return flags_as_variables(message, vllm_engine.settings().variable_names)
+
+
+async def _sse_pieces(reply, job_id, path):
     """(SSE text, last?) pairs; an unexpected error mid-stream ends the stream with an error
     event in the route's own shape, as vLLM's server (or Anthropic's API) does."""
-    try:
-        async for event in events:
-            yield event, event.startswith("data: [DONE]")
-    except Exception as err:
-        message = log_unexpected(job_id, err)
-        yield stream_error(route, 500, message), True
-
-
-def _validation_message(err):
-    first = err.errors()[0] if err.errors() else {}
-    where = ".".join(str(p) for p in first.get("loc", ()) if not str(p).startswith(
-        ("function-", "union[", "tagged-union", "list[", "json-or-python")))
-    msg = first.get("msg", "invalid request")
-    count = err.error_count()
-    more = f" (and {count - 1} more error{'s' * (count > 2)})" if count > 1 else ""
-    return f"{where}: {msg}{more}" if where else f"{msg}{more}"
-
-
-def _validation_param(err):
-    first = err.errors()[0] if err.errors() else {}
-    loc = first.get("loc", ())
-    return str(loc[0]) if loc else None
+    async for piece in reply.body:
+        text = piece.decode()
+        yield text, text.endswith("data: [DONE]\n\n")
+    internal = await reply.failed
+    if internal is not None:
+        yield stream_error(path, 500, log_unexpected(job_id, internal)), True

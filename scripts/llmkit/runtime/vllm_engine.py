@@ -11,16 +11,13 @@ import os
 import sys
 import threading
 import time
-import types
-
-from vllm import AsyncEngineArgs, AsyncLLMEngine
 
 from llmkit.runtime import config
 from llmkit.runtime.config import Settings, SettingsError, vllm_message
+from llmkit.runtime.vllm_api import AsyncEngineArgs, AsyncLLMEngine
 
 _engine = None
 _settings: Settings | None = None
-_openai = None  # vLLM's OpenAI serving objects on the same engine, made on first use
 _lock = threading.Lock()
 
 
@@ -55,7 +52,7 @@ def running() -> bool:
 
 def shutdown_engine():
     """Stop the engine, if one runs, and wait until its processes and memory are gone."""
-    global _engine, _settings, _openai
+    global _engine, _settings
     with _lock:
         if _engine is None:
             return
@@ -65,7 +62,7 @@ def shutdown_engine():
         except Exception as error:  # going anyway: say so
             print(f"vLLM's engine did not shut down cleanly: {type(error).__name__}: "
                   f"{error}", file=sys.stderr, flush=True)
-        _engine = _settings = _openai = None
+        _engine = _settings = None
         gc.collect()  # the front end's share: the tokenizer, the processors
         print(f"vLLM's engine shut down in {time.monotonic() - started:.1f} s",
               file=sys.stderr, flush=True)
@@ -75,21 +72,6 @@ def restart_engine():
     """Apply changed settings: stop the running engine first, then start a new one."""
     shutdown_engine()
     return engine()
-
-
-async def openai_state():
-    """vLLM's own OpenAI serving layer (chat, completions, models), as `vllm serve` sets
-    it up, on the running engine."""
-    global _openai
-    if _openai is None:
-        from vllm.entrypoints.launchers.api_server.app_state import init_app_state
-
-        running_engine = engine()
-        state = types.SimpleNamespace()
-        await init_app_state(running_engine, state, settings().serve_args,
-                             await running_engine.get_supported_tasks())
-        _openai = _openai or state  # two first jobs at once: the first one's wins
-    return _openai
 
 
 def exit_when_engine_dies(stopping: threading.Event, interval=1.0):
