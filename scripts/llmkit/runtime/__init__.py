@@ -21,13 +21,14 @@ The public API:
                                             the worker: handler.py's footer calls it
   API_VERSION                               this runtime's API; handler.py states the one it needs
 
-The modules, each read in one sitting: config.py (the environment's settings),
-vllm_engine.py (vLLM's engine and its lifetime), inputs.py and sampling.py (input checks,
-vLLM's SamplingParams), generation.py (cancellation, abort, stream batching), openai_route.py
-(vLLM's OpenAI serving layer), jobs.py, errors.py and error_shapes.py (what a client sees),
-worker.py and worker_loop.py (the runpod worker), http_server.py (the load-balancing worker,
-MODE_TO_RUN=lb), reload.py (a new handler.py without a restart), model_cache.py (MODEL=org/name
-from Runpod's model cache).
+The modules, each read in one sitting: vllm_api.py (the one module that imports vLLM: each
+name the kit takes from it, and why), config.py (the environment's settings), vllm_engine.py
+(vLLM's engine and its lifetime), inputs.py and sampling.py (input checks, vLLM's
+SamplingParams), generation.py (cancellation, abort, stream batching), vllm_app.py (`vllm
+serve`'s own app, in process), openai_route.py (queue jobs for its routes), jobs.py,
+errors.py and error_shapes.py (what a client sees), worker.py and worker_loop.py (the runpod
+worker), http_server.py (the load-balancing worker, MODE_TO_RUN=lb), reload.py (a new
+handler.py without a restart), model_cache.py (MODEL=org/name from Runpod's model cache).
 """
 
 import importlib

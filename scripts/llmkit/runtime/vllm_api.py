@@ -59,6 +59,10 @@ TOUCHPOINTS = (
                members=("from_engine_args", "generate", "abort", "errored", "get_tokenizer",
                         "model_config", "get_supported_tasks", "shutdown",
                         "output_processor")),
+    Touchpoint("OutputProcessor", ("vllm.v1.engine.output_processor:OutputProcessor",),
+               "the engine's requests in flight (the load-balancing /stats), and the ids the "
+               "OpenAI layer gave a job's requests, to abort them on a cancel",
+               members=("get_num_unfinished_requests", "external_req_ids")),
     Touchpoint("current_platform", ("vllm.platforms:current_platform",),
                "the kit's CPU defaults apply only on vLLM's CPU platform"),
     # The settings: `vllm serve`'s own parser, so every flag is a variable.
