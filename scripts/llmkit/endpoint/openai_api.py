@@ -102,7 +102,8 @@ def _route(route: str, has_body: bool = True):
     return serve
 
 
-# Each POST route is one vLLM serving class in the worker (llmkit/runtime/openai_route.py).
+# The routes Runpod's gateway documents; the worker answers each with vLLM's own app
+# (llmkit/runtime/vllm_app.py).
 for _path in ("/chat/completions", "/completions", "/responses", "/messages"):
     routes.post(P + _path)(_route("/v1" + _path))
 routes.get(P + "/models")(_route("/v1/models", has_body=False))
