@@ -119,6 +119,9 @@ def answer_chunk(reply, raw, method, path):
             error["message"] = _plain(error["message"])
             if isinstance(error.get("param"), str):  # "body.temperature": the body's field
                 error["param"] = error["param"].removeprefix("body.")
+            # The HTTP status, for the edge that answers the client: vLLM's Messages errors
+            # (Anthropic's shape) carry none.
+            error.setdefault("code", reply.status)
         return answer
     detail = answer.get("detail") if isinstance(answer, dict) else answer
     if reply.status == 404:
