@@ -99,7 +99,7 @@ def _host(tmp_path_factory, tiny_model_dir, plain_handler, extra_env=None):
     return worker
 
 
-def _container(tmp_path_factory, base_image, tiny_model_dir, plain_handler):
+def _container(tmp_path_factory, base_image, tiny_model_dir, plain_handler, extra_env=None):
     mounts, model = image_fixtures.mount_model(tiny_model_dir)
     boxes = []
 
@@ -114,28 +114,37 @@ def _container(tmp_path_factory, base_image, tiny_model_dir, plain_handler):
 
     worker = Worker("container", start,
                     lambda: h.docker("kill", "--signal", "TERM", boxes[0].name),
-                    exited, lambda: boxes[0].logs())
+                    exited, lambda: boxes[0].logs(), extra_env)
     worker.container = boxes[0]
     return worker
 
 
-@pytest.fixture(scope="module", params=["host", pytest.param("container",
-                                                            marks=image_fixtures.NEEDS_IMAGE)])
-def lb(request, tmp_path_factory, tiny_model_dir, plain_handler):
+PLACES = ["host", pytest.param("container", marks=image_fixtures.NEEDS_IMAGE)]
+
+
+def _worker(request, tmp_path_factory, tiny_model_dir, plain_handler, extra_env=None):
     if request.param == "host":
-        worker = _host(tmp_path_factory, tiny_model_dir, plain_handler)
+        return _host(tmp_path_factory, tiny_model_dir, plain_handler, extra_env)
+    return _container(tmp_path_factory, request.getfixturevalue("base_image"), tiny_model_dir,
+                      plain_handler, extra_env)
+
+
+def _remove(worker):
+    if worker.where == "host":
+        if worker.process.poll() is None:
+            worker.process.kill()
+        worker.process.wait(30)
     else:
-        worker = _container(tmp_path_factory, request.getfixturevalue("base_image"),
-                            tiny_model_dir, plain_handler)
+        worker.container.remove()
+
+
+@pytest.fixture(scope="module", params=PLACES)
+def lb(request, tmp_path_factory, tiny_model_dir, plain_handler):
+    worker = _worker(request, tmp_path_factory, tiny_model_dir, plain_handler)
     try:
         yield worker
     finally:
-        if worker.where == "host":
-            if worker.process.poll() is None:
-                worker.process.kill()
-            worker.process.wait(30)
-        else:
-            worker.container.remove()
+        _remove(worker)
 
 
 def test_ping_answers_204_while_vllm_starts_then_200(lb):
@@ -383,18 +392,13 @@ def test_sigterm_drains_the_requests_in_flight_then_exits_zero(lb):
 POOLING = {"RUNNER": "pooling", "CONVERT": "embed", "MAX_MODEL_LEN": "256"}
 
 
-@pytest.fixture(scope="module")
-def pooling_lb(tmp_path_factory, tiny_model_dir, plain_handler):
-    worker = _host(tmp_path_factory, tiny_model_dir, plain_handler, POOLING)
+@pytest.fixture(scope="module", params=PLACES)
+def pooling_lb(request, tmp_path_factory, tiny_model_dir, plain_handler):
+    worker = _worker(request, tmp_path_factory, tiny_model_dir, plain_handler, POOLING)
     try:
         yield worker
     finally:
-        worker.terminate()
-        try:
-            worker.process.wait(60)
-        finally:
-            if worker.process.poll() is None:
-                worker.process.kill()
+        _remove(worker)
 
 
 def test_a_pooling_model_serves_embeddings_to_the_openai_client(pooling_lb):
