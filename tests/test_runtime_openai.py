@@ -203,7 +203,10 @@ def test_an_unexpected_error_is_logged_and_the_client_gets_one_line_with_the_job
     assert "job j-7 failed unexpectedly" in log and "kaboom" in log
 
 
-def test_cancelling_a_streaming_job_aborts_its_vllm_requests(handler):
+@pytest.mark.parametrize("stream", [True, False], ids=["streaming", "whole answer"])
+def test_cancelling_a_job_aborts_its_vllm_requests(handler, stream):
+    """Streaming: the cancel lands while a chunk is posted. A whole answer: while vLLM is
+    still making it, before vLLM's app has answered anything."""
     engine = vllm_engine.engine()
 
     # Drive the generator from a task that gets cancelled, as the SDK does.
@@ -214,12 +217,13 @@ def test_cancelling_a_streaming_job_aborts_its_vllm_requests(handler):
             async for chunk in handler.job({"id": "gone", "input": {
                     "openai_route": "/v1/completions",
                     "openai_input": {"model": NAME, "prompt": "hi", "n": 2, "max_tokens": 200,
-                                     "min_tokens": 200, "stream": True}}}):
+                                     "min_tokens": 200, "stream": stream}}}):
                 chunks.append(chunk)
                 await asyncio.sleep(60)  # "posting" the chunk when the cancel lands
 
         task = asyncio.ensure_future(consume())
-        while not chunks:
+        while not (chunks if stream else
+                   engine.output_processor.get_num_unfinished_requests() >= 2):
             await asyncio.sleep(0.05)
         before = engine.output_processor.get_num_unfinished_requests()
         task.cancel()

@@ -21,6 +21,7 @@ from llmkit.runtime import vllm_engine
 from llmkit.runtime.vllm_api import build_app, init_app_state
 
 _app = None  # (the engine it runs on, the app)
+HANG_UP_GRACE_S = 2.0  # for vLLM's app to stop a request whose client is gone
 
 
 async def app():
@@ -91,7 +92,8 @@ async def request(method, path, body: bytes = b"", query="", headers=()) -> Repl
                     *((k.lower().encode(), v.encode()) for k, v in headers)],
     }
     task = asyncio.ensure_future(application(scope, receive, send))
-    failed = asyncio.get_running_loop().create_future()
+    loop = asyncio.get_running_loop()
+    failed = loop.create_future()
 
     def ended(done):
         error = None if done.cancelled() else done.exception()
@@ -100,16 +102,25 @@ async def request(method, path, body: bytes = b"", query="", headers=()) -> Repl
         sent.put_nowait(None)
 
     task.add_done_callback(ended)
-    start = await sent.get()
+
+    def hang_up():
+        # As uvicorn would: the app's receive() says the client is gone, and vLLM's own
+        # handlers (with_cancellation, StreamingResponse) stop the request, which aborts it
+        # in the engine. Cancelling the app's task instead would leave their inner tasks
+        # running; it is only the fallback, for an app that does not listen.
+        if not task.done():
+            hung_up.set()
+            loop.call_later(HANG_UP_GRACE_S, lambda: task.done() or task.cancel())
+
+    try:  # a whole answer starts only when vLLM has made all of it
+        start = await sent.get()
+    except BaseException:  # cancelled meanwhile (a cancelled job, a client gone): hang up
+        hang_up()
+        raise
     if start is None:  # the app raised before answering (no handler caught it)
         raise await failed
     content_type = next((v.decode() for k, v in start.get("headers", ())
                          if k.lower() == b"content-type"), "")
-
-    def hang_up():
-        if not task.done():
-            hung_up.set()
-            task.cancel()
 
     async def pieces():
         try:
