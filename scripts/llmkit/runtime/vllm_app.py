@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from llmkit.runtime import vllm_engine
 from llmkit.runtime.vllm_api import build_app, init_app_state
@@ -49,7 +48,7 @@ class Reply:
     content_type: str
     body: AsyncIterator[bytes]  # the body's pieces as vLLM sends them; close() to hang up
     failed: asyncio.Future  # the app's own exception once it ends, else None
-    hang_up: callable  # tell the app the client is gone (nothing if it has answered)
+    hang_up: Callable[[], None]  # tell the app the client is gone (nothing once answered)
 
     @property
     def streaming(self):
@@ -58,12 +57,8 @@ class Reply:
     async def read(self) -> bytes:
         return b"".join([piece async for piece in self.body])
 
-    async def json(self):
-        raw = await self.read()
-        return json.loads(raw) if raw.strip() else None
 
-
-async def request(method, path, body: bytes = b"", query="", headers=()) -> Reply:
+async def request(method, path, body: bytes = b"", query="") -> Reply:
     """Call vLLM's app as its HTTP server would, and return as soon as its answer starts.
 
     Closing the reply's body (or cancelling the task reading it) tells the app the client
@@ -88,8 +83,7 @@ async def request(method, path, body: bytes = b"", query="", headers=()) -> Repl
         "path": path, "raw_path": path.encode(), "query_string": query.encode(),
         "root_path": "", "client": ("127.0.0.1", 0), "server": ("127.0.0.1", 0),
         "headers": [(b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    *((k.lower().encode(), v.encode()) for k, v in headers)],
+                    (b"content-length", str(len(body)).encode())],
     }
     task = asyncio.ensure_future(application(scope, receive, send))
     loop = asyncio.get_running_loop()
