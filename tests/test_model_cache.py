@@ -1,7 +1,7 @@
 """Runpod's cached models (llmkit.runtime.model_cache): MODEL=org/name served from the
 host's Hugging Face cache. The cache is a real one, written by huggingface_hub's own
 snapshot_download from a local stand-in for the hub (hub_cache.py), with two commits of
-the kit's embedded model.
+the kit's embedded model; a copy of it is spelled in lowercase, as Runpod may write it.
 
 The fast tests resolve snapshots and read the settings; one test runs the exported
 build/handler.py as a real worker (vLLM) on the cache behind the local endpoint, and one
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -23,7 +24,7 @@ from image_fixtures import worker_env
 from llmkit import models
 from llmkit.endpoint.harness import EndpointProcess
 from llmkit.runtime import model_cache
-from llmkit.runtime.model_cache import CachedModelMissing, resolve
+from llmkit.runtime.model_cache import CachedModelMissing, find
 from llmkit.runtime.worker_loop import StartupError
 
 REPO = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -58,48 +59,67 @@ def test_repo_ids():
         assert not model_cache.is_repo_id(spec), spec
 
 
-def test_the_newest_snapshot_by_default(cache):
-    assert resolve(REPO, cache_dir=cache) == (snapshot(cache, NEW), NEW)
+def found(repo_id, revision="", cache_dir=None):
+    snapshot = find(repo_id, revision, cache_dir)
+    return snapshot.folder, snapshot.commit
 
 
-def test_newest_means_the_latest_written_not_the_ref_or_the_name(cache):
-    old = snapshot(cache, OLD)
-    mtime = old.stat().st_mtime
-    os.utime(old, (time.time() + 60, time.time() + 60))
-    try:
-        assert resolve(REPO, cache_dir=cache) == (old, OLD)
-        assert resolve(REPO, "main", cache_dir=cache) == (snapshot(cache, NEW), NEW)
-    finally:
-        os.utime(old, (mtime, mtime))
+def test_the_snapshot_refs_main_names_by_default(cache):
+    assert found(REPO, cache_dir=cache) == (snapshot(cache, NEW), NEW)
+
+
+def test_refs_main_wins_over_the_latest_written_and_without_it_the_newest(cache, tmp_path):
+    """What snapshot_download (and so vLLM) would load: refs/main, however old."""
+    copy = tmp_path / "hub"
+    shutil.copytree(cache, copy, symlinks=True)
+    later = time.time() + 60
+    os.utime(snapshot(copy, OLD), (later, later))  # OLD written last
+    assert found(REPO, cache_dir=copy) == (snapshot(copy, NEW), NEW)
+    (copy / f"models--{REPO.replace('/', '--')}" / "refs" / "main").unlink()
+    assert found(REPO, cache_dir=copy) == (snapshot(copy, OLD), OLD)
+
+
+def test_a_lowercase_folder_is_the_model_too(cache, tmp_path):
+    """Runpod may write models--org--name in lowercase; hub ids ignore case. The folder
+    spelled as the id wins when both are there."""
+    lower = tmp_path / "hub"
+    name = f"models--{REPO.replace('/', '--')}"
+    shutil.copytree(cache / name, lower / name.lower(), symlinks=True)
+    folder = lower / name.lower() / "snapshots" / NEW
+    assert find(REPO, cache_dir=lower) == (folder, NEW, lower / name.lower())
+    assert find(REPO.upper(), OLD[:7], lower).commit == OLD
+    shutil.copytree(cache / name, lower / name, symlinks=True)
+    assert find(REPO, cache_dir=lower).repo_folder == lower / name
+    assert find(REPO.lower(), cache_dir=lower).repo_folder == lower / name.lower()
 
 
 @pytest.mark.parametrize("revision, commit", [(OLD, OLD), (NEW, NEW), (OLD[:7], OLD),
                                                (NEW[:12], NEW), ("main", NEW),
                                                (f" {OLD} ", OLD)])
 def test_model_revision_picks_a_snapshot(cache, revision, commit):
-    assert resolve(REPO, revision, cache_dir=cache) == (snapshot(cache, commit), commit)
+    assert found(REPO, revision, cache_dir=cache) == (snapshot(cache, commit), commit)
 
 
 @pytest.mark.parametrize("revision", ["v2.0", "111111", "3" * 40])
 def test_an_unknown_revision_lists_what_is_there(cache, revision):
     with pytest.raises(CachedModelMissing) as error:
-        resolve(REPO, revision, cache_dir=cache)
+        find(REPO, revision, cache_dir=cache)
     message = str(error.value)
     assert f"MODEL_REVISION={revision!r} of MODEL={REPO!r}" in message
     assert str(cache / "models--HuggingFaceTB--SmolLM2-135M-Instruct" / "snapshots") in message
-    assert OLD in message and NEW in message and f"main (-> {NEW[:12]})" in message
+    assert f"{OLD}, {NEW} (main)" in message
 
 
 def test_a_missing_model_names_the_path_and_the_setting(cache, tmp_path):
     with pytest.raises(CachedModelMissing) as error:
-        resolve("org/other", cache_dir=cache)
+        find("org/other", cache_dir=cache)
     assert isinstance(error.value, StartupError)  # the worker prints it, no traceback
     assert str(error.value) == (
         f"MODEL='org/other' is not in Runpod's model cache: {cache}/models--org--other has "
         "no snapshot. Set the endpoint's Model field (cached models) to org/other, or bake "
         "the model into the image (make image MODEL=org/other).")
     with pytest.raises(CachedModelMissing, match=r"\(no model cache at .*/nothing-here\)"):
-        resolve(REPO, cache_dir=tmp_path / "nothing-here")
+        find(REPO, cache_dir=tmp_path / "nothing-here")
 
 
 def test_the_default_cache_is_runpods():
@@ -107,7 +127,7 @@ def test_the_default_cache_is_runpods():
     if not Path(model_cache.DEFAULT_CACHE_DIR).exists():
         with pytest.raises(CachedModelMissing, match="/runpod-volume/huggingface-cache/hub/"
                                                      "models--org--name has no snapshot"):
-            resolve("org/name", cache_dir=None)
+            find("org/name", cache_dir=None)
 
 
 def test_settings_load_the_snapshot_served_as_the_repo_id(cache, capfd):
@@ -130,6 +150,18 @@ def test_settings_load_the_snapshot_served_as_the_repo_id(cache, capfd):
     assert folder.serve_args.served_model_name == [NEW]
 
 
+def test_settings_serve_a_lowercase_folder_under_the_name_the_user_gave(cache, tmp_path):
+    """The issue's case: models--acme--tiny-chat on the volume, MODEL=Acme/Tiny-Chat."""
+    from llmkit.runtime import config
+
+    lower = tmp_path / "hub" / "models--acme--tiny-chat"
+    shutil.copytree(cache / f"models--{REPO.replace('/', '--')}", lower, symlinks=True)
+    env = {"MODEL": "Acme/Tiny-Chat", model_cache.CACHE_DIR_VAR: str(lower.parent)}
+    settings = config.load(env)
+    assert settings.serve_args.model == str(lower / "snapshots" / NEW)
+    assert settings.serve_args.served_model_name == ["Acme/Tiny-Chat"]
+
+
 def test_the_notebook_finds_the_cached_model_and_says_what_the_worker_says(
         cache, repo_root, monkeypatch, tmp_path):
     from test_notebook import run_setup  # the notebook's own setup cell, as papermill runs it
@@ -147,7 +179,7 @@ def test_the_notebook_finds_the_cached_model_and_says_what_the_worker_says(
     with pytest.raises(models.ModelError) as error:
         run_setup(repo_root, model="org/other")
     with pytest.raises(CachedModelMissing) as worker:
-        resolve("org/other")
+        find("org/other")
     assert str(error.value).startswith(str(worker.value)), error.value
     assert "Nor is it in the local Hugging Face cache" in str(error.value)
 

