@@ -63,6 +63,20 @@ def test_on_a_cpu_vllm_gets_every_core_unless_told_otherwise(config, preset):
     assert environ["VLLM_CPU_KVCACHE_SPACE"] == "1"
 
 
+def test_on_a_cpu_each_parallel_rank_gets_its_own_cores(config):
+    """Tensor or pipeline parallel on the CPU build: one core list per rank, or vLLM stops
+    ("Given number of CPU id list ['0,1'] doesn't match local world size 2")."""
+    assert config.omp_threads_bind({1, 0}) == "0,1"
+    assert config.omp_threads_bind({0, 1}, ranks=2) == "0|1"
+    assert config.omp_threads_bind(range(8), ranks=2) == "0,1,2,3|4,5,6,7"
+    assert config.omp_threads_bind(range(7), ranks=2) == "0,1,2|3,4,5,6"
+    assert config.omp_threads_bind({0, 1}, ranks=4) == "auto"
+    environ = {}
+    config.cpu_environment(environ, ranks=2)
+    assert environ["VLLM_CPU_OMP_THREADS_BIND"] == config.omp_threads_bind(
+        os.sched_getaffinity(0), ranks=2)
+
+
 @pytest.mark.parametrize("name, value, expected", [
     ("CONCURRENCY_MODIFIER", "zero", "CONCURRENCY_MODIFIER='zero' is not valid"),
     ("CONCURRENCY_MODIFIER", "0", "an integer from 1 to 1024"),

@@ -30,7 +30,8 @@ def engine():
             if not wanted.model:
                 raise SettingsError("MODEL is not set: point it at a model folder or a baked "
                                     "model")
-            config.cpu_environment()
+            args = wanted.serve_args  # each tensor/pipeline-parallel rank gets its cores
+            config.cpu_environment(ranks=args.tensor_parallel_size * args.pipeline_parallel_size)
             try:
                 _engine = AsyncLLMEngine.from_engine_args(
                     AsyncEngineArgs.from_cli_args(wanted.serve_args))
