@@ -120,10 +120,6 @@ def gpu_paper(results: dict) -> str:
     return "\n\n".join(lines)
 
 
-def _row(results: dict, name: str, key: str) -> dict:
-    return results.get(name, {}).get("rows", {}).get(key) or {}
-
-
 def findings(results: dict) -> str:
     """What the figures say about the kit, in words, with this run's numbers."""
     items = []

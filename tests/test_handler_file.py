@@ -135,3 +135,13 @@ def test_a_runtime_of_another_api_refuses_the_handler_before_any_job(tmp_path, h
               f"runtime is API {API_VERSION}")
     assert reason in log and worker["unhealthyReason"].startswith("runtime-version: "), log
     assert "Traceback" not in log
+
+
+@pytest.mark.parametrize("entry", ["llmkit.demo", "llmkit.endpoint"])
+def test_a_missing_handler_stops_each_entry_point_alike(entry, tmp_path):
+    result = subprocess.run([sys.executable, "-m", entry, "--handler", str(tmp_path / "h.py"),
+                             *(["--workers", "1"] if entry == "llmkit.endpoint" else [])],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr == (f"error: {tmp_path / 'h.py'} does not exist: run "
+                             "`make export-handler` first\n"), result.stderr

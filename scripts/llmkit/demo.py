@@ -16,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-from llmkit import models
+from llmkit import handler_module, models
 from llmkit.endpoint.harness import EndpointError, EndpointProcess
 from llmkit.paths import REPO_ROOT, cache_dir
 
@@ -74,15 +74,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--handler", default=str(REPO_ROOT / "build" / "handler.py"))
     args = parser.parse_args(argv)
     handler = Path(args.handler)
-    if not handler.is_file():
-        print(f"error: {handler} does not exist: run `make export-handler` first",
-              file=sys.stderr)
-        return 1
+    if handler_module.missing(handler):
+        print(f"error: {handler_module.missing(handler)}", file=sys.stderr)
+        return handler_module.MISSING_EXIT
     try:
         model = models.resolve(args.model)
     except models.ModelError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return 2
     return run_demo(model, handler.resolve(), args.prompt, args.max_tokens)
 
 

@@ -12,12 +12,21 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 
+MISSING_EXIT = 2  # like a usage error: nothing ran
+
+
+def missing(path: str | Path) -> str | None:
+    """Why ``path`` cannot be a handler, or None: the one message for every entry point."""
+    if not Path(path).is_file():
+        return f"{path} does not exist: run `make export-handler` first"
+    return None
+
 
 def load(path: str | Path, name: str = "exported_handler") -> ModuleType:
     """Import ``path`` under ``name``. Importing starts no engine: the runtime does that."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: run `make export-handler` first")
+    if missing(path):
+        raise FileNotFoundError(missing(path))
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module

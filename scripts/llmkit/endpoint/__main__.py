@@ -17,6 +17,7 @@ import signal
 import sys
 from pathlib import Path
 
+from llmkit import handler_module
 from llmkit.endpoint.config import DEV_API_KEY, EndpointConfig
 from llmkit.endpoint.server import LocalEndpoint
 from llmkit.endpoint.worker_api import worker_env
@@ -93,10 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     worker_vars: dict[str, str] = {}
     handler = Path(args.handler)
     if args.workers:
-        if not handler.is_file():
-            print(f"error: {handler} does not exist: run `make export-handler` first",
-                  file=sys.stderr)
-            return 2
+        if handler_module.missing(handler):
+            print(f"error: {handler_module.missing(handler)}", file=sys.stderr)
+            return handler_module.MISSING_EXIT
         from llmkit import models  # only needed to start workers
 
         try:
