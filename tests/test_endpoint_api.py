@@ -279,7 +279,7 @@ def test_a_workers_handler_report_shows_in_health_and_workers(ep, monkeypatch):
     """What a reloading worker sends (llmkit/runtime/reload.py), through the runtime's own
     ping: which handler it serves, and why its last reload failed."""
     from llmkit.endpoint.worker_api import worker_env
-    from llmkit.runtime.worker_loop import ping
+    from llmkit.runtime.lifecycle import ping
 
     for name, value in worker_env(ep.base, ep.endpoint_id, "reloading-1", ep.api_key).items():
         monkeypatch.setenv(name, value)

@@ -24,8 +24,8 @@ from image_fixtures import worker_env
 from llmkit import models
 from llmkit.endpoint.harness import EndpointProcess
 from llmkit.runtime import model_cache
+from llmkit.runtime.errors import StartupError
 from llmkit.runtime.model_cache import CachedModelMissing, find
-from llmkit.runtime.worker_loop import StartupError
 
 REPO = "HuggingFaceTB/SmolLM2-135M-Instruct"
 OLD, NEW = hub_cache.COMMITS

@@ -21,7 +21,7 @@ import pytest
 from llmkit import tiny_model
 from llmkit.endpoint.harness import EndpointProcess
 from llmkit.processes import alive
-from llmkit.runtime import worker_loop
+from llmkit.runtime import errors, worker_loop
 
 pytest_plugins = ["endpoint_fixtures"]
 
@@ -178,7 +178,7 @@ def test_worker_loop_sdk_leaves_the_sdk_alone(monkeypatch):
     assert worker_loop.install(runpod) == "sdk"
     assert rp_scale.JobScaler is original
     monkeypatch.setenv("WORKER_LOOP", "fast")
-    with pytest.raises(worker_loop.StartupError,
+    with pytest.raises(errors.StartupError,
                        match="WORKER_LOOP='fast' is not valid: expected kit or sdk"):
         worker_loop.install(runpod)
 
@@ -187,7 +187,7 @@ def test_another_sdk_version_is_refused(monkeypatch):
     import runpod
 
     monkeypatch.setattr(runpod, "__version__", "1.12.0")
-    with pytest.raises(worker_loop.UnknownSDK, match=r"written for runpod==1\.10\.0 .*"
+    with pytest.raises(errors.UnknownSDK, match=r"written for runpod==1\.10\.0 .*"
                        r"runpod is 1\.12\.0, not 1\.10\.0.*set WORKER_LOOP=sdk"):
         worker_loop.check_sdk(runpod)
 
@@ -201,7 +201,7 @@ def test_changed_sdk_internals_are_refused(monkeypatch):
 
     monkeypatch.setattr(rp_scale.JobScaler, "handle_job", handle_job)
     monkeypatch.delattr(rp_scale.JobScaler, "set_scale")
-    with pytest.raises(worker_loop.UnknownSDK) as err:
+    with pytest.raises(errors.UnknownSDK) as err:
         worker_loop.check_sdk(runpod)
     assert "JobScaler.set_scale is missing" in str(err.value)
     assert "JobScaler.handle_job(self, session, job, extra) is not handle_job(self, " \
@@ -273,7 +273,7 @@ def test_an_unknown_sdk_stops_start_up_with_a_clear_message(handler_path, tiny_m
 STUCK_WORKER = textwrap.dedent("""
     import asyncio, sys, threading, time
     from llmkit import tiny_model
-    from llmkit.runtime import worker_loop
+    from llmkit.runtime import lifecycle
     import runpod
     from runpod.serverless.modules.rp_fitness import run_fitness_checks
 
@@ -287,7 +287,7 @@ STUCK_WORKER = textwrap.dedent("""
         asyncio.run(run_fitness_checks())  # runpod 1.10: sys.exit(1) on a failure
 
     if sys.argv[1] == "kit":
-        worker_loop.serve_or_die(start_worker)
+        lifecycle.serve_or_die(start_worker)
     else:
         start_worker()
 """)

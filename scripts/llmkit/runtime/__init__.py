@@ -25,19 +25,22 @@ The modules, each read in one sitting: vllm_api.py (the one module that imports 
 name the kit takes from it, and why), config.py (the environment's settings), vllm_engine.py
 (vLLM's engine and its lifetime), inputs.py and sampling.py (input checks, vLLM's
 SamplingParams), generation.py (cancellation, abort, stream batching), vllm_app.py (`vllm
-serve`'s own app, in process), openai_route.py (queue jobs for its routes), jobs.py,
-errors.py and error_shapes.py (what a client sees), worker.py and worker_loop.py (the runpod
-worker), http_server.py (the load-balancing worker, MODE_TO_RUN=lb), reload.py (a new
-handler.py without a restart), model_cache.py (MODEL=org/name from Runpod's model cache).
+serve`'s own app, in process), openai_route.py (queue jobs for its routes), errors.py
+(every error the kit raises), jobs.py and error_shapes.py (what a client sees), worker.py
+and worker_loop.py (the runpod worker and its job loop), lifecycle.py (heartbeat pings; a
+worker that must die, dies), http_server.py (the load-balancing worker, MODE_TO_RUN=lb),
+reload.py (a new handler.py without a restart), model_cache.py (MODEL=org/name from
+Runpod's model cache).
 """
 
 import importlib
 
-# Where each public name lives. They load on first use, so that worker_loop.py and
-# versions.py import without vLLM (the local endpoint's toy workers, the fast tests).
+# Where each public name lives. They load on first use, so that worker_loop.py,
+# lifecycle.py, errors.py and versions.py import without vLLM (the local endpoint's toy
+# workers, the fast tests).
 _PUBLIC = {
     "engine": "vllm_engine", "restart_engine": "vllm_engine", "settings": "vllm_engine",
-    "shutdown_engine": "vllm_engine", "generate": "generation", "InputError": "inputs",
+    "shutdown_engine": "vllm_engine", "generate": "generation", "InputError": "errors",
     "Request": "inputs", "read_input": "inputs", "run_job": "jobs", "stream_job": "jobs",
     "serve": "worker", "API_VERSION": "versions",
 }

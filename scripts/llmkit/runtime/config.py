@@ -18,6 +18,7 @@ import re
 import sys
 
 from llmkit.runtime import model_cache
+from llmkit.runtime.errors import SettingsError
 from llmkit.runtime.vllm_api import (
     AsyncEngineArgs,
     BaseFrontendArgs,
@@ -26,7 +27,6 @@ from llmkit.runtime.vllm_api import (
     make_arg_parser,
     validate_parsed_serve_args,
 )
-from llmkit.runtime.worker_loop import StartupError
 
 ON_CPU = current_platform.is_cpu()
 
@@ -75,10 +75,6 @@ KIT_ENGINE_DEFAULTS = {
     # (its default 0.92 fails on a CPU).
     "dtype": "float32", "enforce_eager": True, "gpu_memory_utilization": 0.3,
 } if ON_CPU else {"gpu_memory_utilization": 0.90}
-
-
-class SettingsError(StartupError):
-    """A setting the worker cannot start with; the message names the variable."""
 
 
 @dataclasses.dataclass

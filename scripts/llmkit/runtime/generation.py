@@ -17,7 +17,8 @@ import time
 import uuid
 
 from llmkit.runtime import vllm_app, vllm_engine
-from llmkit.runtime.inputs import InputError, Request
+from llmkit.runtime.errors import InputError
+from llmkit.runtime.inputs import Request
 from llmkit.runtime.sampling import (
     PROCESSOR_CHECKS,
     prompt_token_ids,

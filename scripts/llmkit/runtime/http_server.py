@@ -32,10 +32,8 @@ import uuid
 from aiohttp import web
 
 from llmkit.runtime import vllm_app, vllm_engine
-from llmkit.runtime.config import SettingsError
 from llmkit.runtime.error_shapes import anthropic_error, openai_error
-from llmkit.runtime.errors import log_unexpected
-from llmkit.runtime.inputs import InputError
+from llmkit.runtime.errors import InputError, SettingsError, log_unexpected
 from llmkit.runtime.jobs import failure
 from llmkit.runtime.openai_route import answer_chunk, sse_batched
 

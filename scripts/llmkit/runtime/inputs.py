@@ -8,13 +8,8 @@ import difflib
 
 import msgspec  # vLLM's own dependency: SamplingParams is a msgspec Struct
 
+from llmkit.runtime.errors import InputError
 from llmkit.runtime.vllm_api import SamplingParams
-
-
-class InputError(ValueError):
-    """Bad job input. Raise it with a message naming the field: the client gets that
-    message as the job's error, and the worker goes on."""
-
 
 ANSWER_TYPES = ("stream", "normal")
 INPUT_FIELDS = ("prompt", "messages", "answerType", "sampling_params", "lora")

@@ -10,8 +10,7 @@
 from __future__ import annotations
 
 from llmkit.runtime.error_shapes import openai_error
-from llmkit.runtime.errors import log_unexpected
-from llmkit.runtime.inputs import InputError
+from llmkit.runtime.errors import InputError, log_unexpected
 from llmkit.runtime.openai_route import is_openai_job, openai_job
 
 

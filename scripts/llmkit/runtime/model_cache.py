@@ -25,14 +25,10 @@ import os
 from pathlib import Path
 from typing import NamedTuple
 
-from llmkit.runtime.worker_loop import StartupError
+from llmkit.runtime.errors import CachedModelMissing
 
 CACHE_DIR_VAR = "MODEL_CACHE_DIR"
 DEFAULT_CACHE_DIR = "/runpod-volume/huggingface-cache/hub"
-
-
-class CachedModelMissing(StartupError):
-    """MODEL (at MODEL_REVISION) is not in the model cache; the message says where it looked."""
 
 
 class Snapshot(NamedTuple):

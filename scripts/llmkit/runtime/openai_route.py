@@ -26,9 +26,9 @@ import re
 from llmkit.runtime import vllm_app, vllm_engine
 from llmkit.runtime.config import flags_as_variables
 from llmkit.runtime.error_shapes import openai_error, stream_error
-from llmkit.runtime.errors import log_unexpected
+from llmkit.runtime.errors import InputError, log_unexpected
 from llmkit.runtime.generation import gap_batched
-from llmkit.runtime.inputs import InputError, type_name
+from llmkit.runtime.inputs import type_name
 
 PLATFORM_FIELDS = ("openai_route", "openai_input")
 GENERIC_FIELDS = ("route", "body", "method")

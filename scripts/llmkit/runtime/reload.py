@@ -31,16 +31,13 @@ import types
 from dataclasses import dataclass, field
 
 from llmkit.runtime import versions
-from llmkit.runtime.worker_loop import ping
+from llmkit.runtime.errors import ReloadError
+from llmkit.runtime.lifecycle import ping
 
 POLL_S = 0.5    # how often the file is looked at: a stat, nothing more
 SETTLE_S = 0.2  # a changed file must hold still this long before it is loaded
 _PREFIX = "llmkit_reloaded_handler_"  # the modules of reloaded handlers, numbered
 _names = itertools.count(1)
-
-
-class ReloadError(Exception):
-    """Why a new handler.py cannot serve; the message names the file and the line."""
 
 
 def digest(source: bytes) -> str:

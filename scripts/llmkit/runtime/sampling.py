@@ -7,7 +7,8 @@ import re
 
 import msgspec
 
-from llmkit.runtime.inputs import SAMPLING_FIELDS, InputError
+from llmkit.runtime.errors import InputError
+from llmkit.runtime.inputs import SAMPLING_FIELDS
 from llmkit.runtime.vllm_api import (
     RequestOutputKind,
     SamplingParams,

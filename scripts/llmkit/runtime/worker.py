@@ -21,7 +21,8 @@ import threading
 
 from llmkit.runtime import reload, vllm_engine
 from llmkit.runtime.jobs import job_function
-from llmkit.runtime.worker_loop import install, quiet_sdk_logs, serve_or_die
+from llmkit.runtime.lifecycle import serve_or_die
+from llmkit.runtime.worker_loop import install, quiet_sdk_logs
 
 
 def serve(handler, *, chat_messages=None):

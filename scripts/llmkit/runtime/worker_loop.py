@@ -18,8 +18,8 @@ Everything else is the SDK's own: the job-take and batch requests, the back-off 
 the queue is empty or down, per-job stop, the heartbeat, the SIGTERM drain.
 `WORKER_LOOP=sdk` runs the SDK's loop unchanged. docs/WORKER_LOOP.md has the details.
 
-Also here: a worker that must die, dies (`serve_or_die`), and the SDK logs at INFO
-unless told otherwise (`quiet_sdk_logs`).
+Also here: the SDK logs at INFO unless told otherwise (`quiet_sdk_logs`). How a worker
+that must die, dies is lifecycle.py's.
 
 The standard library only, with runpod passed in: tests and the local endpoint's
 toy workers use it without vLLM.
@@ -28,13 +28,11 @@ toy workers use it without vLLM.
 import asyncio
 import contextlib
 import inspect
-import multiprocessing
 import os
 import sys
 import time
-import traceback
-import urllib.parse
-import urllib.request
+
+from llmkit.runtime.errors import StartupError, UnknownSDK
 
 # The SDK whose JobScaler internals the kit's loop was written against (pyproject pins it).
 RUNPOD_VERSION = "1.10.0"
@@ -52,18 +50,6 @@ _SCALER_API = {
     "is_alive": ("self",),
     "kill_worker": ("self",),
 }
-
-
-class StartupError(RuntimeError):
-    """A start-up failure explained by its message: no traceback needed."""
-
-    def _render_traceback_(self):
-        # IPython's hook: in the notebook, the message alone, not the kit's frames.
-        return [f"{type(self).__name__}: {self}"]
-
-
-class UnknownSDK(StartupError):
-    """The installed runpod SDK is not the one the kit's worker loop was written for."""
 
 
 def quiet_sdk_logs():
@@ -266,102 +252,3 @@ def install(runpod):
         # worker.run_worker builds rp_scale.JobScaler(config): this is the one change.
         rp_scale.JobScaler = kit_job_scaler(rp_scale.JobScaler)
     return choice
-
-
-def ping(params, timeout=2.0):
-    """One GET to the platform's heartbeat URL with ``params`` added. Best effort: returns
-    False, never raises, when it cannot be sent (no platform, or it does not answer)."""
-    url, key = os.environ.get("RUNPOD_WEBHOOK_PING"), os.environ.get("RUNPOD_AI_API_KEY")
-    worker_id = os.environ.get("RUNPOD_POD_ID")
-    if not url or url == "PING_NOT_SET" or not key or not worker_id:
-        return False
-    runpod = sys.modules.get("runpod")
-    if "status" not in params and runpod is not None:
-        # A heartbeat like the SDK's own: it names the jobs this worker runs, so the
-        # platform does not take an extra ping for "none". A copy of the SDK's set (one C
-        # call): its get_job_list() reloads the set from disk, racing the job loop.
-        from runpod.serverless.modules.worker_state import JobsProgress
-        running = list(JobsProgress._instance or ())
-        if running:  # the SDK sends none when idle
-            params = {"job_id": ",".join(map(str, running)), **params}
-    query = urllib.parse.urlencode({
-        **params, "runpod_version": getattr(runpod, "__version__", "unknown")})
-    url = url.replace("$RUNPOD_POD_ID", worker_id)
-    request = urllib.request.Request(url + ("&" if "?" in url else "?") + query,
-                                     headers={"Authorization": key})
-    try:
-        urllib.request.urlopen(request, timeout=timeout).close()
-        return True
-    except Exception:
-        return False
-
-
-def report_unhealthy(check, reason, timeout=2.0):
-    """Tell the platform why this worker is about to exit, as runpod 1.11 does: a ping
-    with status=unhealthy, the check's name and the reason."""
-    return ping({"status": "unhealthy", "check": check, "reason": reason[:256]}, timeout)
-
-
-def exit_now(code, check=None, reason=None):
-    """End this process now with ``code``: report, flush, kill children, os._exit.
-
-    sys.exit() only raises SystemExit; the interpreter then joins every non-daemon
-    thread (vLLM's engine threads among them) and can hang forever.
-    """
-    if reason:
-        print(f"worker exiting with code {code}: {reason}", file=sys.stderr, flush=True)
-        if code:
-            report_unhealthy(check or "start-up", reason)
-    for child in multiprocessing.active_children():  # vLLM's engine core, the heartbeat
-        with contextlib.suppress(Exception):
-            child.kill()
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    os._exit(code)
-
-
-def _failed_check(exit):
-    """(check name, reason) of a fitness check the SDK exited on, else None.
-
-    runpod 1.10 calls sys.exit(1) inside the except block that caught the check's
-    error, so that error is the SystemExit's __context__.
-    """
-    error = exit.__context__
-    if error is None or isinstance(error, SystemExit):
-        return None
-    frames = [frame.name for frame in traceback.extract_tb(error.__traceback__)]
-    if "run_fitness_checks" not in frames:
-        return None
-    index = frames.index("run_fitness_checks") + 1
-    name = frames[index] if index < len(frames) else "fitness check"
-    return name, f"fitness check {name} failed: {type(error).__name__}: {error}"
-
-
-def serve_or_die(start_worker):
-    """Run start_worker(); if it fails, end the process promptly with a non-zero code.
-
-    A clean return (the SDK drained after SIGTERM) or sys.exit(0) ends the process with
-    0 at once: its work is done, and the interpreter's own exit would join vLLM's
-    threads and run its finalizers.
-    """
-    try:
-        start_worker()
-        exit_now(0)
-    except SystemExit as exit:
-        if exit.code is None or exit.code == 0:
-            exit_now(0)
-        if isinstance(exit.code, str):  # a message for the user, e.g. a bad setting
-            exit_now(1, "start-up", exit.code)
-        check = _failed_check(exit)
-        if check is not None:
-            exit_now(exit.code if isinstance(exit.code, int) else 1, *check)
-        exit_now(exit.code if isinstance(exit.code, int) else 1, "start-up",
-                 f"exited with {exit.code!r} during start-up")
-    except StartupError as error:
-        exit_now(1, "start-up", str(error))
-    except KeyboardInterrupt:
-        exit_now(130)
-    except BaseException as error:
-        traceback.print_exc()
-        exit_now(1, "start-up", f"{type(error).__name__}: {error}")
