@@ -153,7 +153,7 @@ COPY handler_template ./handler_template
 COPY notebooks ./notebooks
 # The kit's runtime API (scripts/llmkit/runtime/versions.py), as a label that
 # `make image-iteration` checks against handler.py's before it builds on this image.
-ARG RUNTIME_API=1.0
+ARG RUNTIME_API=1.1
 LABEL io.runpod-llm-kit.runtime-api="${RUNTIME_API}"
 # Editable, so the exporter finds handler_template/ and the notebook beside it.
 # The kernel name matches the notebook's kernelspec. The label must not drift from

@@ -98,6 +98,10 @@ class EndpointClient:
         return self._call("GET", "health")
 
 
+# What the kit's handler adds to an answer's last chunk; report() prints it on stderr.
+FINAL_FIELDS = ("usage", "finish_reason", "stop_reason")
+
+
 def chunk_text(chunk) -> str:
     """What to print for one chunk: its "text" (the kit's handler yields {"text": ...}),
     then any fields a handler yields beside it, as JSON on a line of their own."""
@@ -106,8 +110,24 @@ def chunk_text(chunk) -> str:
     if not isinstance(chunk, dict):
         return json.dumps(chunk)
     text = chunk.get("text") if isinstance(chunk.get("text"), str) else ""
-    extra = {k: v for k, v in chunk.items() if k != "text"}
+    extra = {k: v for k, v in chunk.items() if k != "text" and k not in FINAL_FIELDS}
     return text + (f"\n{json.dumps(extra)}" if extra else "")
+
+
+def usage_line(output) -> str:
+    """"7 prompt + 32 answer tokens, finish_reason length" from the chunk that has them."""
+    chunks = output if isinstance(output, list) else [output]
+    for chunk in reversed(chunks):
+        if isinstance(chunk, dict) and isinstance(chunk.get("usage"), dict):
+            usage = chunk["usage"]
+            line = (f"{usage.get('prompt_tokens')} prompt + "
+                    f"{usage.get('completion_tokens')} answer tokens")
+            if chunk.get("finish_reason"):
+                line += f", finish_reason {chunk['finish_reason']}"
+                if chunk.get("stop_reason") is not None:
+                    line += f" ({json.dumps(chunk['stop_reason'])})"
+            return line
+    return ""
 
 
 def output_text(output) -> str:
@@ -177,6 +197,8 @@ def report(state: dict, started: float, chunks: int | None, err=sys.stderr) -> i
               f" s, run {state.get('executionTime', 0) / 1000:.1f} s")
     if chunks is not None:
         timing += f", {chunks} chunks"
+    if usage_line(state.get("output")):
+        timing += f"; {usage_line(state.get('output'))}"
     if status == "COMPLETED":
         print(f"[job {job_id} COMPLETED in {timing}]", file=err)
         return 0

@@ -90,13 +90,18 @@ def test_client_prints_the_fields_a_handler_yields_beside_text(queue_ep, mode):
     thread, result = _client_in_thread(queue_ep, "--mode", mode, "--prompt", "hi")
     worker = FakeWorker(queue_ep, f"c-extra-{mode}")
     job = worker.take().json()
-    chunks = [{"text": "Hello there"}, {"word_count": 2}]
+    usage = {"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9}
+    chunks = [{"text": "Hello there", "usage": usage, "finish_reason": "stop",
+               "stop_reason": "\n"}, {"word_count": 2}]
     for chunk in chunks:
         worker.stream(job["id"], chunk)
     worker.done(job["id"], {"output": chunks})
     thread.join(30)
     assert result["code"] == 0, result
     assert result["out"] == 'Hello there\n{"word_count": 2}\n', result["out"]
+    # The usage and finish reason go with the job's summary, on stderr.
+    assert '; 7 prompt + 2 answer tokens, finish_reason stop ("\\n")]' in result["err"], \
+        result["err"]
 
 
 @pytest.mark.parametrize("ending, status, message", [

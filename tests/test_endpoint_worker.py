@@ -50,7 +50,10 @@ def test_stream_job_chunks_arrive_before_it_completes(live):
     assert early >= 1, "no chunk reached the client before the job completed"
     state = live.status(job_id)
     # return_aggregate_stream: the output is the list of streamed chunks.
-    assert state["output"] == chunks and all(set(c) == {"text"} for c in chunks)
+    assert state["output"] == chunks and all(set(c) == {"text"} for c in chunks[:-1])
+    # The last chunk also says what vLLM reported: 300 tokens, cut at max_tokens.
+    assert chunks[-1]["usage"]["completion_tokens"] == 300, chunks[-1]
+    assert chunks[-1]["finish_reason"] == "length"
     assert isinstance(state["delayTime"], int) and state["executionTime"] > 0
 
 

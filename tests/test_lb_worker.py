@@ -227,10 +227,15 @@ def test_the_native_route_answers_json_sse_and_ndjson(lb):
     assert whole.status_code == 200, whole.text
     body = whole.json()
     assert body["status"] == "COMPLETED" and body["output"][0]["text"], body
+    # The answer's usage and finish reason, as on the queue.
+    assert body["output"][-1]["usage"]["completion_tokens"] == 12, body
+    assert body["output"][-1]["finish_reason"] == "length", body
     sse = native(lb, {**ask, "answerType": "stream"}, "text/event-stream")
     assert sse.headers["Content-Type"].startswith("text/event-stream")
     events = [json.loads(line[6:]) for line in sse.text.splitlines() if line.startswith("data: ")]
-    assert len(events) >= 1 and all(e["text"] for e in events), sse.text
+    # The last event may have no text of its own: it carries the usage.
+    assert len(events) >= 1 and all(e["text"] for e in events[:-1]), sse.text
+    assert events[-1]["usage"]["completion_tokens"] == 12, sse.text
     nd = native(lb, {**ask, "answerType": "stream"}, "application/x-ndjson")
     lines = [json.loads(line) for line in nd.text.splitlines()]
     assert nd.headers["Content-Type"].startswith("application/x-ndjson") and lines[0]["text"]

@@ -40,7 +40,11 @@ def test_notebook_runs_end_to_end_with_injected_parameters(repo_root, tiny_model
     # What the sample jobs computed, through the very handler that gets exported.
     summary = json.loads(cell_stdout(nb, "summary").strip().splitlines()[-1])
     assert summary["stream_chunks"] >= 1 and summary["stream_text"]
-    assert summary["normal"] == [{"text": summary["stream_text"]}]  # greedy: same text
+    [normal] = summary["normal"]
+    assert normal["text"] == summary["stream_text"]  # greedy: same text
+    # The last chunk's usage: 32 tokens at max_tokens, fewer if the model ended first.
+    reason, tokens = normal["finish_reason"], normal["usage"]["completion_tokens"]
+    assert (reason == "length" and tokens == 32) or (reason == "stop" and 0 < tokens < 32)
     assert summary["bad"] == [{"error": "input.prompt must not be empty"}]
 
 

@@ -97,7 +97,8 @@ def test_word_count_follows_the_text(recipes, answer_type):
         "sampling_params": {"max_tokens": 24, "min_tokens": 24, "temperature": 0}})
     *texts, last = chunks
     text = "".join(c["text"] for c in texts)
-    assert texts and all(set(c) == {"text"} for c in texts), chunks
+    assert texts and all(set(c) == {"text"} for c in texts[:-1]), chunks
+    assert texts[-1]["usage"]["completion_tokens"] == 24, chunks
     assert last == {"word_count": len(text.split())}
     assert len(texts) == 1 or answer_type == "stream"
 
@@ -126,7 +127,8 @@ def test_json_output_is_parsed_and_follows_the_schema(recipes):
     endpoint = recipes["json_output"]
     [answer] = output(endpoint, {"prompt": "I loved this film!",
                                  "sampling_params": {"max_tokens": 64, "temperature": 0}})
-    assert set(answer) == {"text", "json"}
+    assert set(answer) == {"text", "json", "usage", "finish_reason", "stop_reason"}
+    assert answer["finish_reason"] == "stop"  # the schema closed: not cut off
     assert set(answer["json"]) == {"sentiment", "confident"}
     assert answer["json"]["sentiment"] in ("positive", "negative", "neutral")
     assert isinstance(answer["json"]["confident"], bool)

@@ -114,10 +114,11 @@ def test_hostile_inputs_fail_clearly_and_the_worker_keeps_serving(served):
         assert expected in bad["error"], (expected, bad["error"])
         assert len(bad["error"]) < 300 and "Traceback" not in bad["error"]
         good = served.wait_status(served.run(GOOD), timeout=120)
-        # One {"text": ...} (normal mode). The tiny random model's 4 tokens may decode to
-        # an empty string, so the text itself is not checked.
+        # One {"text": ...} (normal mode), with its usage. The tiny random model's 4 tokens
+        # may decode to an empty string, so the text itself is not checked.
         assert good["status"] == "COMPLETED", good
-        assert [set(c) for c in good["output"]] == [{"text"}], good
+        assert [set(c) for c in good["output"]] == [{"text", "usage", "finish_reason",
+                                                     "stop_reason"}], good
     # The same worker process served everything: nothing crashed or restarted.
     assert serving_processes(served) == serving
 

@@ -49,12 +49,84 @@ def test_stream_chunks_concatenate_to_the_normal_text(handler, sampling, interva
            "sampling_params": {"max_tokens": 24, "min_tokens": 24, **sampling}}
     stream = run_job(handler, {**ask, "answerType": "stream"})
     normal = run_job(handler, {**ask, "answerType": "normal"})
-    assert len(normal) == 1 and set(normal[0]) == {"text"}
-    assert all(set(c) == {"text"} and c["text"] for c in stream)
+    assert len(normal) == 1 and set(normal[0]) == {"text", *FINAL}
+    # Every chunk has text; the last one also what vLLM reported, the same in both modes.
+    assert all(set(c) == {"text"} and c["text"] for c in stream[:-1])
+    assert {k: stream[-1][k] for k in FINAL} == {k: normal[0][k] for k in FINAL}
+    assert normal[0]["usage"]["completion_tokens"] == 24
+    assert normal[0]["finish_reason"] == "length"
     if interval == (0, 0):
         assert len(stream) > 1, "stream mode should yield more than one chunk"
     assert "".join(c["text"] for c in stream) == normal[0]["text"]
     assert normal[0]["text"]
+
+
+FINAL = ("usage", "finish_reason", "stop_reason")
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+def vllms_usage(handler, prompt, sampling):
+    """The usage vLLM's own OpenAI server reports for the same request, on the same engine."""
+    body = {"model": vllm_engine.settings().serve_args.served_model_name[0], "prompt": prompt,
+            **sampling}
+    [answer] = run_job(handler, {"openai_route": "/v1/completions", "openai_input": body})
+    counts = {k: answer["usage"][k] for k in ("prompt_tokens", "completion_tokens",
+                                               "total_tokens")}
+    return counts, answer["choices"][0]["finish_reason"]
+
+
+@pytest.mark.parametrize("answer_type", ["stream", "normal"])
+def test_usage_and_finish_reason_are_what_vllm_reports(handler, tokenizer, answer_type):
+    """Each finish reason on purpose: max_tokens; the end of sequence; a stop token; a stop
+    string. The counts are exact, and match vLLM's own OpenAI answer to the same request."""
+    prompt = "The quick brown fox"
+    word = tokenizer.encode(" fox", add_special_tokens=False)[-1]
+    cases = [  # (sampling_params, finish_reason, stop_reason, completion tokens)
+        ({"max_tokens": 7, "min_tokens": 7}, "length", None, 7),
+        ({"max_tokens": 7, "allowed_token_ids": [tokenizer.eos_token_id]}, "stop", None, 1),
+        ({"max_tokens": 7, "allowed_token_ids": [word], "stop_token_ids": [word]},
+         "stop", word, 1),
+        ({"max_tokens": 7, "allowed_token_ids": [word], "stop": [tokenizer.decode([word])]},
+         "stop", tokenizer.decode([word]), 1),
+    ]
+    prompt_tokens = len(tokenizer.encode(prompt))
+    for params, finish, stop, completion in cases:
+        chunks = run_job(handler, {"prompt": prompt, "answerType": answer_type,
+                                   "sampling_params": {"temperature": 0, **params}})
+        last = chunks[-1]
+        assert (last["finish_reason"], last["stop_reason"]) == (finish, stop), (params, last)
+        assert last["usage"] == {"prompt_tokens": prompt_tokens,
+                                 "completion_tokens": completion,
+                                 "total_tokens": prompt_tokens + completion}, params
+        usage, reason = vllms_usage(handler, prompt, {"temperature": 0, **params})
+        assert (last["usage"], last["finish_reason"]) == (usage, reason), params
+
+
+def test_an_aborted_request_ends_with_finish_reason_abort(handler):
+    """vLLM aborts a request (here the engine is told to, as on a client's hang-up in the
+    OpenAI layer): the answer ends with what was made, and says so."""
+    async def job():
+        chunks, aborted = [], False
+        async for chunk in handler.job({"id": "to-abort", "input": {
+                "prompt": "fox", "answerType": "stream",
+                "sampling_params": {"max_tokens": 200, "min_tokens": 200}}}):
+            chunks.append(chunk)
+            if not aborted:
+                engine = vllm_engine.engine()
+                ids = [r for r in engine.output_processor.external_req_ids if "to-abort" in r]
+                await engine.abort(ids)
+                aborted = True
+        return chunks
+
+    chunks = handler.run(job())
+    assert chunks[-1]["finish_reason"] == "abort", chunks[-1]
+    assert 0 < chunks[-1]["usage"]["completion_tokens"] < 200
 
 
 async def timed_chunks(handler, job_input):
@@ -76,8 +148,10 @@ class PacedEngine:
     async def generate(self, prompt, params, request_id):
         for i in range(self.tokens):
             await asyncio.sleep(self.step_s)
-            yield SimpleNamespace(outputs=[SimpleNamespace(text=f" t{i}")],
-                                  finished=i == self.tokens - 1)
+            last = i == self.tokens - 1
+            yield SimpleNamespace(outputs=[SimpleNamespace(
+                text=f" t{i}", token_ids=[i], finish_reason="length" if last else None,
+                stop_reason=None)], finished=last)
 
 
 @pytest.mark.parametrize("interval", [(100, 400)], indirect=True)
@@ -87,6 +161,7 @@ def test_stream_chunks_are_spaced_by_a_growing_interval_and_the_first_is_not_hel
     monkeypatch.setattr(vllm_engine, "engine", lambda: paced)
     timed = handler.run(timed_chunks(handler, {"prompt": "hi", "answerType": "stream"}))
     times, texts = [t for t, _ in timed], [c["text"] for _, c in timed]
+    assert timed[-1][1]["usage"]["completion_tokens"] == 80
     assert "".join(texts) == "".join(f" t{i}" for i in range(80))
     # The first token leaves at once, alone: held for the first interval (0.1 s), it
     # would carry the next few tokens with it.
@@ -258,7 +333,8 @@ def test_every_sampling_field_is_accepted_or_refused_by_name(handler, stream):
         if field in NEEDS_A_REASONING_PARSER:
             assert out[0]["error"].startswith(f"input.sampling_params.{field} "), out
         else:
-            assert out and all(set(c) == {"text"} for c in out), (field, out)
+            assert out and all(set(c) == {"text"} for c in out[:-1]), (field, out)
+            assert set(out[-1]) == {"text", *FINAL}, (field, out)
         # A value of a type no field takes: vLLM's type check, named.
         out = run_job(handler, {"prompt": "hi", "sampling_params": {field: [[[]]]}})
         assert len(out) == 1 and out[0]["error"].startswith(f"input.sampling_params.{field}"), out
@@ -268,7 +344,7 @@ def test_every_sampling_field_is_accepted_or_refused_by_name(handler, stream):
 def test_structured_outputs_constrain_the_native_answer(handler):
     out = run_job(handler, {"prompt": "hi", "sampling_params": {
         "structured_outputs": {"choice": ["yes", "no"]}, "temperature": 0}})
-    assert out in ([{"text": "yes"}], [{"text": "no"}])
+    assert [c["text"] for c in out] in (["yes"], ["no"])
     out = run_job(handler, {"prompt": "hi", "sampling_params": {
         "max_tokens": 12, "min_tokens": 12, "ignore_eos": True, "stop_token_ids": [5]}})
     assert len(out) == 1 and "text" in out[0]

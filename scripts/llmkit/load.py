@@ -60,7 +60,8 @@ def worker_pids(endpoint: EndpointProcess) -> list[int]:
 class MemorySampler(threading.Thread):
     """Every ``interval`` s, the summed RSS of all workers."""
 
-    def __init__(self, endpoint: EndpointProcess, interval: float = 1.0) -> None:
+    # 4 a second: a 1000-job run can take under 10 s, and MEMORY_MIN_SAMPLES must fit.
+    def __init__(self, endpoint: EndpointProcess, interval: float = 0.25) -> None:
         super().__init__(daemon=True)
         self.endpoint, self.interval = endpoint, interval
         self.samples: list[tuple[float, float]] = []

@@ -7,7 +7,7 @@ from llmkit.runtime import generate, read_input, serve
 async def handler(job):
     request = read_input(job)
     async for text in generate(request):
-        yield {"text": text}
+        yield {"text": text, **text.final}  # the last piece adds usage and finish_reason
 
 
 if __name__ == "__main__":

@@ -5,13 +5,14 @@
     async def handler(job):
         request = read_input(job)          # prompt or messages, answerType, sampling_params
         async for text in generate(request):
-            yield {"text": text}
+            yield {"text": text, **text.final}  # the last piece: usage, finish_reason
 
 The public API:
   read_input(job, fields=None) -> Request   check the input; `fields` adds the handler's own
   Request                                   prompt | messages, stream, sampling, lora, extra,
                                             job_id
-  generate(request)                         vLLM's answer: text pieces (stream) or the whole
+  generate(request)                         vLLM's answer: text pieces (stream) or the whole;
+                                            the last piece's .final: usage, finish_reason
   InputError                                raise it to fail a job with your own message
   run_job(handler, input), stream_job(...)  one job, exactly as the worker runs it: its
                                             chunks, all (await) or as they come (async for)

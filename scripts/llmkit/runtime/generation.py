@@ -3,6 +3,11 @@
 * Stream mode yields the text as it comes, batched (the first piece at once, then at
   most one chunk per STREAM_INTERVAL_MS, the gap doubling up to STREAM_INTERVAL_MAX_MS);
   normal mode yields the whole answer once.
+* Each piece is a `Text`: a str, whose `final` is {} until the answer's last piece. There
+  it holds what vLLM reported: the token usage, in OpenAI's shape, and why the answer
+  stopped (`finish_reason` "stop" with `stop_reason` the stop string or token that
+  matched, or null for the end of sequence; "length" for max_tokens or the context;
+  "abort"). The default handler adds it to its last chunk: ``{"text": t, **t.final}``.
 * A job that is cancelled or times out aborts its vLLM request, wherever its task was
   stopped: no engine time is spent on an answer nobody reads.
 * A request vLLM refuses becomes an InputError naming the field.
@@ -30,8 +35,21 @@ from llmkit.runtime.vllm_api import EngineGenerateError, VLLMClientError
 _aborts = set()  # abort tasks in flight (the event loop keeps only weak references)
 
 
+class Text(str):
+    """A piece of the answer. ``final``: {} until the last piece, then ``usage``
+    (prompt_tokens, completion_tokens, total_tokens), ``finish_reason`` and ``stop_reason``."""
+
+    final: dict
+
+    def __new__(cls, text, final=None):
+        piece = super().__new__(cls, text)
+        piece.final = final or {}
+        return piece
+
+
 async def generate(request: Request):
-    """Yield the answer's text for ``request``: pieces (stream) or the whole (normal)."""
+    """Yield the answer's text for ``request``: pieces (stream) or the whole (normal), each
+    a `Text`; the last one's ``final`` says how many tokens it took and why it stopped."""
     engine = vllm_engine.engine()
     settings = vllm_engine.settings()
     ids = prompt_token_ids(engine, request.prompt, request.messages)
@@ -43,16 +61,31 @@ async def generate(request: Request):
     lora = {"lora_request": adapter} if adapter else {}
     outputs = _vllm_outputs(engine.generate({"prompt_token_ids": ids}, params, request_id, **lora),
                             [f for f in PROCESSOR_CHECKS if f in request.sampling])
+    pieces = _with_usage(outputs, len(ids))
     if request.stream:
-        async for text in gap_batched(((o.outputs[0].text, o.finished) async for o in outputs),
-                                      settings, on_end=done):
-            yield text
+        async for text, final in gap_batched(pieces, settings, on_end=done):
+            yield Text(text, final)
     else:
-        final = None
-        async for output in outputs:
-            final = output
+        text, final = "", None
+        async for piece in pieces:  # FINAL_ONLY: one output, the whole answer
+            text, final = piece
         done()
-        yield final.outputs[0].text
+        yield Text(text, final)
+
+
+async def _with_usage(outputs, prompt_tokens):
+    """(text, final) per vLLM output: final is None until the last output, then its usage
+    and finish reason. DELTA outputs hold the new tokens only; FINAL_ONLY, all at once."""
+    completion = 0
+    async for output in outputs:
+        answer = output.outputs[0]
+        completion += len(answer.token_ids)
+        final = None
+        if output.finished:
+            final = {"usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
+                               "total_tokens": prompt_tokens + completion},
+                     "finish_reason": answer.finish_reason, "stop_reason": answer.stop_reason}
+        yield answer.text, final
 
 
 async def lora_request(name):
@@ -103,24 +136,26 @@ async def _abort(engine, request_id, job_id):
 
 
 async def gap_batched(pieces, settings, on_end=None):
-    """Join (text, last?) pieces as they arrive: the first goes out at once; then a batch
-    waits until the gap since the last one has passed, the gap doubling per batch from
-    STREAM_INTERVAL_MS up to STREAM_INTERVAL_MAX_MS. vLLM merges DELTA outputs meanwhile."""
+    """Join (text, final) pieces as they arrive, into (batch, final) pairs: the first goes
+    out at once; then a batch waits until the gap since the last one has passed, the gap
+    doubling per batch from STREAM_INTERVAL_MS up to STREAM_INTERVAL_MAX_MS. vLLM merges
+    DELTA outputs meanwhile. The final piece (any truthy ``final``) goes out at once, with
+    what is pending, even if that is no text: it carries ``final``."""
     pending, last_sent, gap = "", float("-inf"), 0.0
     first_gap, max_gap = settings.stream_interval_ms / 1000, settings.stream_interval_max_ms / 1000
     async for piece, final in pieces:
         pending += piece
         now = time.monotonic()
-        if pending and (final or now - last_sent >= gap):
+        if final or (pending and now - last_sent >= gap):
             if final and on_end is not None:
                 on_end()
             batch, pending, last_sent = pending, "", now
             gap = min(max(2 * gap, first_gap), max_gap)
-            yield batch
+            yield batch, final
     if on_end is not None:
         on_end()
     if pending:  # an answer cut short without a final output
-        yield pending
+        yield pending, None
 
 
 async def _vllm_outputs(outputs, checked_fields):

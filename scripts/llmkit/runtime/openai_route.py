@@ -136,10 +136,11 @@ def answer_chunk(reply, raw, method, path):
                         "MethodNotAllowedError" if reply.status == 405 else None)
 
 
-def sse_batched(reply, job_id, path):
+async def sse_batched(reply, job_id, path):
     """vLLM's SSE text, batched like the native stream: the first event at once, then at
     most one string per STREAM_INTERVAL_MS."""
-    return gap_batched(_sse_pieces(reply, job_id, path), vllm_engine.settings())
+    async for text, _ in gap_batched(_sse_pieces(reply, job_id, path), vllm_engine.settings()):
+        yield text
 
 
 def _plain(message):

@@ -7,7 +7,7 @@ fail on the first job, or worse, half-work: so the worker refuses to start inste
 
 from __future__ import annotations
 
-API_VERSION = "1.0"
+API_VERSION = "1.1"  # 1.1: a generated piece's .final (usage, finish_reason)
 # The base image's label holding API_VERSION; `make image-iteration` reads it.
 IMAGE_LABEL = "io.runpod-llm-kit.runtime-api"
 
