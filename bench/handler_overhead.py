@@ -46,7 +46,8 @@ class _FakeEngine:
         self.n = n
 
     async def generate(self, prompt, params, request_id):
-        out = SimpleNamespace(outputs=[SimpleNamespace(text=" tok", token_ids=[1])],
+        out = SimpleNamespace(outputs=[SimpleNamespace(text=" tok", token_ids=[1],
+                                                       finish_reason=None, stop_reason=None)],
                               finished=False)
         for i in range(self.n):
             if i == self.n - 1:

@@ -286,11 +286,11 @@ def report(build: Build) -> str:
     return "\n".join(lines)
 
 
-def save_search(tag: str, needles: list[bytes], tmp: Path) -> dict[bytes, list[str]]:
+def save_search(tag: str, needles: list[bytes], tmp: Path | None = None
+                ) -> dict[bytes, list[str]]:
     """For each needle, the files of ``docker save`` that hold it: every file of every
-    layer (by content or name), and the image's JSON (config, manifest). One pass."""
-    archive = tmp / "image.tar"
-    docker("save", "-o", str(archive), tag, timeout=900)
+    layer (by content or name), and the image's JSON (config, manifest). One pass over
+    the archive as docker writes it (a stream: gigabytes never touch the disk)."""
     hits: dict[bytes, list[str]] = {needle: [] for needle in needles}
 
     def check(where: str, content: bytes) -> None:
@@ -298,21 +298,27 @@ def save_search(tag: str, needles: list[bytes], tmp: Path) -> dict[bytes, list[s
             if needle in content:
                 hits[needle].append(where)
 
-    with tarfile.open(archive) as outer:
-        for member in outer:
-            if not member.isfile():
-                continue
-            data = outer.extractfile(member)
-            if member.name.endswith("layer.tar"):
-                with tarfile.open(fileobj=data, mode="r|") as layer:
-                    for inner in layer:
-                        where = f"{member.name}:{inner.name}"
-                        check(where, inner.name.encode())
-                        if inner.isfile():
-                            check(where, layer.extractfile(inner).read())
-            else:
-                check(member.name, data.read())
-    archive.unlink()
+    save = subprocess.Popen([DOCKER, "save", tag], env=DOCKER_ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        with tarfile.open(fileobj=save.stdout, mode="r|") as outer:
+            for member in outer:
+                if not member.isfile():
+                    continue
+                data = outer.extractfile(member)
+                if member.name.endswith("layer.tar"):
+                    with tarfile.open(fileobj=data, mode="r|") as layer:
+                        for inner in layer:
+                            where = f"{member.name}:{inner.name}"
+                            check(where, inner.name.encode())
+                            if inner.isfile():
+                                check(where, layer.extractfile(inner).read())
+                else:
+                    check(member.name, data.read())
+    finally:
+        save.stdout.close()
+        code = save.wait(timeout=900)
+    assert code == 0, f"docker save {tag} exited {code}: {save.stderr.read()[-2000:]!r}"
     return hits
 
 

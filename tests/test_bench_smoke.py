@@ -29,6 +29,7 @@ def test_every_benchmark_runs_quick_and_prints_its_figures(tmp_path, tiny_model_
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=840)
     log = proc.stdout[-4000:] + "\n--- stderr ---\n" + proc.stderr[-4000:]
     assert proc.returncode == 0, log
+    assert "failed unexpectedly" not in proc.stdout + proc.stderr, log  # a job a figure hid
     for heading in HEADINGS:
         assert heading in proc.stdout, f"{heading!r} missing:\n{log}"
     assert "ratio handler/raw tok/s, stream mode, side by side = " in proc.stdout, log
