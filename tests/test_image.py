@@ -404,8 +404,9 @@ def test_pod_git_loop_edit_export_commit_push(pod, tmp_path):
     content = jupyter.notebook(notebook)
     cell = next(c for c in content["cells"] if c.get("id") == "handler")
     code = "".join(cell["source"])
-    assert 'yield {"text": text}' in code
-    cell["source"] = code.replace('yield {"text": text}', 'yield {"text": text, "pod": 1}')
+    assert 'yield {"text": text, **text.final}' in code
+    cell["source"] = code.replace('yield {"text": text, **text.final}',
+                                  'yield {"text": text, "pod": 1}')
     jupyter.save_notebook(notebook, content)
     printed = jupyter.run(notebook, "from llmkit.export import export_notebook\n"
                                     "export_notebook()")
