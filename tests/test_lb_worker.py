@@ -361,8 +361,14 @@ def test_a_client_that_hangs_up_aborts_its_request(lb):
     lb.wait_idle()
 
 
-def test_sigterm_drains_the_requests_in_flight_then_exits_zero(lb):
+def test_sigterm_drains_the_requests_in_flight_then_exits_zero(lb, request):
     """Runs last in this module: it stops the worker."""
+    if lb.where == "container":
+        # An open defect, seen in 2 of 4 full runs (2026-12-07), in the image only: after
+        # SIGTERM the LB worker logs "draining 4 request(s)", then "vLLM engine died", and
+        # exits 1 with the requests aborted. It runs, and reports XPASS when it drains.
+        request.node.add_marker(pytest.mark.xfail(
+            strict=False, reason="in the image, SIGTERM during a drain can kill vLLM's engine"))
     def one(i):
         reply = native(lb, {"prompt": f"Drain {i}", "answerType": "stream",
                             "sampling_params": {"max_tokens": 1500, "ignore_eos": True}},
