@@ -74,8 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--handler", default=str(REPO_ROOT / "build" / "handler.py"))
     args = parser.parse_args(argv)
     handler = Path(args.handler)
-    if handler_module.missing(handler):
-        print(f"error: {handler_module.missing(handler)}", file=sys.stderr)
+    problem = handler_module.missing(handler)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return handler_module.MISSING_EXIT
     try:
         model = models.resolve(args.model)

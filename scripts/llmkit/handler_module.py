@@ -25,8 +25,9 @@ def missing(path: str | Path) -> str | None:
 def load(path: str | Path, name: str = "exported_handler") -> ModuleType:
     """Import ``path`` under ``name``. Importing starts no engine: the runtime does that."""
     path = Path(path)
-    if missing(path):
-        raise FileNotFoundError(missing(path))
+    problem = missing(path)
+    if problem:
+        raise FileNotFoundError(problem)
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module

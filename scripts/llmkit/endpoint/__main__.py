@@ -94,8 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     worker_vars: dict[str, str] = {}
     handler = Path(args.handler)
     if args.workers:
-        if handler_module.missing(handler):
-            print(f"error: {handler_module.missing(handler)}", file=sys.stderr)
+        problem = handler_module.missing(handler)
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
             return handler_module.MISSING_EXIT
         from llmkit import models  # only needed to start workers
 
