@@ -197,8 +197,9 @@ def report(state: dict, started: float, chunks: int | None, err=sys.stderr) -> i
               f" s, run {state.get('executionTime', 0) / 1000:.1f} s")
     if chunks is not None:
         timing += f", {chunks} chunks"
-    if usage_line(state.get("output")):
-        timing += f"; {usage_line(state.get('output'))}"
+    usage = usage_line(state.get("output"))
+    if usage:
+        timing += f"; {usage}"
     if status == "COMPLETED":
         print(f"[job {job_id} COMPLETED in {timing}]", file=err)
         return 0
