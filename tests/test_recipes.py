@@ -1,10 +1,11 @@
 """The recipes (notebooks/recipes/): each exported, then served by a real worker (vLLM, the
-tiny model) through the local endpoint, and its changed behaviour checked from a client."""
+tiny model) through the local endpoint, and its changed behaviour checked from a client. One
+reloading worker serves them in turn, on one engine."""
 
 from __future__ import annotations
 
 import ast
-from contextlib import ExitStack
+import time
 from pathlib import Path
 
 import openai
@@ -12,6 +13,7 @@ import pytest
 
 from llmkit import export
 from llmkit.endpoint.harness import EndpointProcess
+from llmkit.runtime.reload import digest
 
 pytestmark = pytest.mark.engine
 RECIPES = ("system_prompt", "word_count", "context_lookup", "json_output")
@@ -21,28 +23,43 @@ JSON_SETTINGS = {"STRUCTURED_OUTPUTS_CONFIG": '{"backend": "xgrammar", '
                                               '"disable_any_whitespace": true}'}
 
 
-def recipe_handler(repo_root, tmp_path_factory, name) -> Path:
-    path = tmp_path_factory.mktemp(f"recipe-{name}") / "handler.py"
-    path.write_text(export.export(repo_root / "notebooks" / "recipes" / f"{name}.ipynb"))
-    return path
+class Recipes:
+    """One worker, started as `make serve` starts it (--reload), that serves each recipe's
+    exported handler.py in turn on the same engine, as a user trying the recipes would:
+    ``recipes[name]`` installs that recipe and waits until the worker serves it."""
+
+    def __init__(self, endpoint: EndpointProcess, handler: Path, repo_root: Path):
+        self.endpoint, self.handler, self.repo_root = endpoint, handler, repo_root
+
+    def __getitem__(self, name: str) -> EndpointProcess:
+        text = export.export(self.repo_root / "notebooks" / "recipes" / f"{name}.ipynb")
+        temporary = self.handler.with_name(".handler.py.tmp")  # as export-handler writes it
+        temporary.write_text(text)
+        temporary.replace(self.handler)
+        sha, deadline = digest(text.encode()), time.monotonic() + 60
+        while not self._serves(sha):
+            assert time.monotonic() < deadline, f"{name} not served: {self.endpoint.workers()}"
+            time.sleep(0.1)
+        self.endpoint.handler_text = text
+        return self.endpoint
+
+    def _serves(self, sha: str) -> bool:
+        report = next((w["handler"] for w in self.endpoint.workers() if w["state"] == "ready"),
+                      None) or {}
+        assert not report.get("lastReloadFailed"), report
+        return report.get("sha256") == sha
 
 
 @pytest.fixture(scope="module")
 def recipes(repo_root, tmp_path_factory, tiny_model_dir):
-    """One endpoint per recipe, each with a worker serving that recipe's handler.py; the
-    workers start together."""
-    with ExitStack() as stack:
-        endpoints = {}
-        for name in RECIPES:
-            handler = recipe_handler(repo_root, tmp_path_factory, name)
-            endpoint = EndpointProcess(
-                workers=1, concurrency=2, model=tiny_model_dir, endpoint_id=name,
-                handler=handler, env={"MAX_MODEL_LEN": str(MAX_MODEL_LEN), **JSON_SETTINGS})
-            endpoints[name] = stack.enter_context(endpoint)
-            endpoint.handler_text = handler.read_text()
-        for endpoint in endpoints.values():
-            endpoint.wait_workers(timeout=600)
-        yield endpoints
+    folder = tmp_path_factory.mktemp("recipes")
+    handler = folder / "handler.py"
+    handler.write_text(export.export(repo_root / "notebooks" / "recipes" / f"{RECIPES[0]}.ipynb"))
+    with EndpointProcess(workers=1, concurrency=2, model=tiny_model_dir, endpoint_id="recipes",
+                         handler=handler, args=["--reload"], log_path=folder / "endpoint.log",
+                         env={"MAX_MODEL_LEN": str(MAX_MODEL_LEN), **JSON_SETTINGS}) as endpoint:
+        endpoint.wait_workers(timeout=600)
+        yield Recipes(endpoint, handler, repo_root)
 
 
 def output(endpoint, job_input):
