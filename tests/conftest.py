@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import pytest
+from shared_engine import IN_PROCESS_SETTINGS
 
 from llmkit import tiny_model
 from llmkit.paths import REPO_ROOT
@@ -29,6 +30,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 STARTS = {
     # a real vLLM engine
     "live_endpoint": "engine",
+    "plain_in_process": "engine",
     # the local endpoint (llmkit.endpoint) and its workers
     "queue_ep": "service",
     "queue_endpoint": "service",
@@ -72,3 +74,28 @@ def plain_handler() -> Path:
 def tiny_model_dir() -> Path:
     """A tiny random Llama (head_dim 64, vocab ~512), generated once into the kit's cache."""
     return tiny_model.build()
+
+
+@pytest.fixture(scope="session")
+def plain_in_process(tiny_model_dir, plain_handler):
+    """The fixture handler imported into this process, on the tiny model with
+    ``IN_PROCESS_SETTINGS``: one engine shared by the runtime's modules (test_runtime_engine,
+    test_runtime_openai), since an engine start takes most of a minute on 2 cores."""
+    from llmkit import handler_module
+    from llmkit.runtime import vllm_engine
+
+    with handler_module.running(plain_handler, "plain_handler", MODEL=str(tiny_model_dir),
+                                **IN_PROCESS_SETTINGS) as module:
+        module.settings = vllm_engine.settings()
+        yield module
+
+
+@pytest.fixture(scope="module")
+def in_process(plain_in_process):
+    """``plain_in_process``, checked to still run its own engine: a module that starts
+    another one in this process (handler_module.running) replaces it, and must not share."""
+    from llmkit.runtime import vllm_engine
+
+    assert vllm_engine.running() and vllm_engine.settings() is plain_in_process.settings, \
+        "another module replaced the shared in-process engine"
+    return plain_in_process

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -15,15 +14,13 @@ from llmkit.runtime import inputs, sampling, vllm_engine
 
 pytestmark = pytest.mark.engine
 MAX_MODEL_LEN = 256
-PLAIN = Path(__file__).with_name("handlers") / "plain.py"
 
 
 @pytest.fixture(scope="module")
-def handler(tiny_model_dir):
-    """The fixture handler on the tiny model; one engine for the whole module."""
-    with handler_module.running(PLAIN, "plain_handler", MODEL=str(tiny_model_dir),
-                                MAX_MODEL_LEN=str(MAX_MODEL_LEN)) as module:
-        yield module
+def handler(in_process):
+    """The fixture handler on the tiny model, on the engine shared with
+    test_runtime_openai (conftest.plain_in_process)."""
+    return in_process
 
 
 def run_job(handler, job_input):

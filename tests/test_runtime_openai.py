@@ -9,33 +9,27 @@ from __future__ import annotations
 
 import asyncio
 import json
-from pathlib import Path
 
 import pytest
+from shared_engine import IN_PROCESS_MAX_LOGPROBS, IN_PROCESS_MAX_MODEL_LEN, IN_PROCESS_NAME
 
 from llmkit import handler_module
 from llmkit.runtime import vllm_app, vllm_engine
 from llmkit.runtime.jobs import job_function
 
 pytestmark = pytest.mark.engine
-MAX_MODEL_LEN = 256
-NAME = "tiny-test"  # OPENAI_SERVED_MODEL_NAME_OVERRIDE
-# Engine and OpenAI-layer arguments no kit setting names, set by their UPPER_SNAKE names:
-MAX_LOGPROBS = 4
-SETTINGS = {"MAX_LOGPROBS": str(MAX_LOGPROBS), "TOOL_CALL_PARSER": "pythonic",
-            # The tiny random model would pad JSON with whitespace up to max_tokens.
-            "STRUCTURED_OUTPUTS_CONFIG": '{"backend": "xgrammar", "disable_any_whitespace": true}'}
+# The settings of the in-process engine (conftest.IN_PROCESS_SETTINGS)
+MAX_MODEL_LEN = IN_PROCESS_MAX_MODEL_LEN
+NAME = IN_PROCESS_NAME
+MAX_LOGPROBS = IN_PROCESS_MAX_LOGPROBS
 HI = [{"role": "user", "content": "Hi there"}]
-PLAIN = Path(__file__).with_name("handlers") / "plain.py"
 
 
 @pytest.fixture(scope="module")
-def handler(tiny_model_dir):
-    """The fixture handler with the tiny model; one engine for the whole module."""
-    with handler_module.running(PLAIN, "plain_handler_openai",
-                                MODEL=str(tiny_model_dir), MAX_MODEL_LEN=str(MAX_MODEL_LEN),
-                                OPENAI_SERVED_MODEL_NAME_OVERRIDE=NAME, **SETTINGS) as module:
-        yield module
+def handler(in_process):
+    """The fixture handler on the tiny model, on the engine shared with
+    test_runtime_engine (conftest.plain_in_process)."""
+    return in_process
 
 
 def call(handler, route, body=None, job_id="job"):
