@@ -7,7 +7,9 @@ or Run All twice, finds the running engine instead of starting a second one besi
 from __future__ import annotations
 
 import gc
+import multiprocessing
 import os
+import signal
 import sys
 import threading
 import time
@@ -83,15 +85,37 @@ def exit_when_engine_dies(stopping: threading.Event, interval=1.0):
     ``stopping`` is set on a requested shutdown, when vLLM stops its engine on purpose.
     """
     watched = engine()
+    # vLLM starts its engine processes with multiprocessing: kept here, their exit codes
+    # say how the engine died (vLLM's own log does not).
+    processes = multiprocessing.active_children()
 
     def watch():
         while not watched.errored:
             time.sleep(interval)
         if stopping.is_set():
             return
-        print("vLLM engine died: exiting so the platform replaces this worker",
-              file=sys.stderr, flush=True)
+        print(f"vLLM engine died{how_it_died(processes)}: exiting so the platform replaces "
+              "this worker", file=sys.stderr, flush=True)
         time.sleep(2 * interval)  # let the failed job's result go out first
         os._exit(1)
 
     threading.Thread(target=watch, name="engine-watchdog", daemon=True).start()
+
+
+def how_it_died(processes) -> str:
+    """" (EngineCore_DP0 was killed by SIGKILL ...)" for the engine processes that ended
+    with an error; "" when none did (vLLM's own loop in this process failed)."""
+    ends = []
+    for process in processes:
+        process.join(timeout=0.5)  # a process vLLM has not waited for yet
+        code = process.exitcode
+        if code is None or code == 0:
+            continue
+        if code < 0:
+            name = signal.Signals(-code).name if -code in signal.valid_signals() else -code
+            hint = (": out of memory? The kernel's OOM killer sends SIGKILL"
+                    if code == -signal.SIGKILL else "")
+            ends.append(f"{process.name} was killed by {name}{hint}")
+        else:
+            ends.append(f"{process.name} exited with code {code}")
+    return f" ({'; '.join(ends)})" if ends else ""
