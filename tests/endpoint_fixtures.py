@@ -141,8 +141,11 @@ class FakeWorker:
 
 
 def _stopped(job_id: str) -> str:
-    return (rf"job {job_id} stopped: vLLM request {job_id}-\w+ (?:aborted \((\d+) request\(s\) "
-            rf"still running\)|had already finished)")
+    # The worker's own log line: on a Runpod worker (RUNPOD_ENDPOINT_ID is set, as the local
+    # endpoint sets it) the SDK's JSON, filed under the job's id (runtime/logs.py).
+    return (rf'"requestId": "{job_id}", "message": "job {job_id} stopped: vLLM request '
+            rf"{job_id}-\w+ (?:aborted \((\d+) request\(s\) still running\)|"
+            rf"had already finished)")
 
 
 def stop_line(endpoint: EndpointClient, job_id: str, timeout: float = 30):

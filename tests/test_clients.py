@@ -262,7 +262,8 @@ def test_sdk_cancel(sdk, live):
     live.wait_status(job.job_id, ("IN_PROGRESS",))
     assert job.cancel() == {"id": job.job_id, "status": "CANCELLED"}
     assert job.status() == "CANCELLED"
-    live.wait_for_log(rf"job {job.job_id} stopped: vLLM request \S+ aborted", timeout=30)
+    live.wait_for_log(rf'"requestId": "{job.job_id}", "message": "job {job.job_id} stopped: '
+                      rf'vLLM request \S+ aborted', timeout=30)
 
 
 @pytest.mark.engine

@@ -22,8 +22,9 @@ def test_any_engine_argument_is_set_by_its_upper_snake_name(config, tiny_model_d
         "ENABLE_PREFIX_CACHING": "false", "SERVED_MODEL_NAME": "ignored", "MAX_MODEL_LEN": "2k",
         "OPENAI_SERVED_MODEL_NAME_OVERRIDE": "my-model", "TOOL_CALL_PARSER": "hermes",
         "DTYPE": "", "MAX_NUM_SEQS": "5",
-        # Not engine settings: vLLM's HTTP server flags, and names used by others.
-        "PORT": "1", "HOST": "example", "LOG_LEVEL": "whatever", "MASTER_PORT": "none"})
+        # Not engine settings: vLLM's HTTP server flags, names used by others, the kit's
+        # own LOG_LEVEL.
+        "PORT": "1", "HOST": "example", "LOG_LEVEL": "debug", "MASTER_PORT": "none"})
     keys = ["max_logprobs", "block_size", "enable_prefix_caching", "served_model_name",
             "max_model_len", "dtype", "max_num_seqs"]
     assert {k: settings.engine_args.get(k) for k in keys} == {
@@ -81,6 +82,7 @@ def test_on_a_cpu_each_parallel_rank_gets_its_own_cores(config):
     ("CONCURRENCY_MODIFIER", "zero", "CONCURRENCY_MODIFIER='zero' is not valid"),
     ("CONCURRENCY_MODIFIER", "0", "an integer from 1 to 1024"),
     ("ENFORCE_EAGER", "maybe", "ENFORCE_EAGER='maybe' is not valid: expected true or false"),
+    ("LOG_LEVEL", "loud", "LOG_LEVEL='loud' is not valid: expected one of DEBUG, INFO, WARNING"),
     # vLLM's own engine arguments, checked by vLLM's own parser (its configs check the
     # rest when the engine is made: tests/test_handler_file.py starts workers for those).
     ("MAX_MODEL_LEN", "4q", "MAX_MODEL_LEN='4q' is not valid: invalid"),
@@ -114,7 +116,7 @@ def test_a_variable_that_names_no_flag_is_reported_with_the_nearest_then_ignored
     assert "max_model_len" not in settings.engine_args
     lines = [line for line in capfd.readouterr().err.splitlines() if "not a setting" in line]
     version = __import__("llmkit.runtime.vllm_api").runtime.vllm_api.version()
-    assert lines == [
+    assert lines == [f"WARN   | {line}" for line in [  # the kit's log format (logs.py)
         f"GUIDED_DECODING_BACKEND is not a setting of vLLM {version}, which removed the flag: "
         "set STRUCTURED_OUTPUTS_CONFIG='{\"backend\": ...}' instead. Ignored.",
         f"MAX_MODEL_LENGTH is not a setting of vLLM {version}; did you mean MAX_MODEL_LEN? "
@@ -122,4 +124,4 @@ def test_a_variable_that_names_no_flag_is_reported_with_the_nearest_then_ignored
         f"SWAP_SPACE is not a setting of vLLM {version}, which removed the flag: vLLM no "
         "longer has it. Ignored.",
         f"TENSOR_PARALEL_SIZE is not a setting of vLLM {version}; did you mean "
-        "TENSOR_PARALLEL_SIZE? Ignored."]
+        "TENSOR_PARALLEL_SIZE? Ignored."]]

@@ -78,7 +78,7 @@ def test_a_worker_on_an_unsupported_vllm_stops_before_any_job_with_one_line(tmp_
     assert run.returncode == 1, run
     assert "took a job" not in run.stdout
     assert "Traceback" not in run.stderr, run.stderr
-    line = next(x for x in run.stderr.splitlines() if x.startswith("worker exiting"))
+    line = next(x for x in run.stderr.splitlines() if x.startswith("ERROR  | worker exiting"))
     assert "vLLM 0.99.0 is installed, and the kit supports vLLM 0.32.0, 0.33.0, 0.34.0" in line
 
 

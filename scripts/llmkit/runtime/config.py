@@ -15,9 +15,8 @@ import difflib
 import json
 import os
 import re
-import sys
 
-from llmkit.runtime import model_cache
+from llmkit.runtime import logs, model_cache
 from llmkit.runtime.errors import SettingsError
 from llmkit.runtime.vllm_api import (
     AsyncEngineArgs,
@@ -28,6 +27,8 @@ from llmkit.runtime.vllm_api import (
     validate_parsed_serve_args,
 )
 
+log = logs.get("settings")
+
 ON_CPU = current_platform.is_cpu()
 
 # Not read as engine settings: vLLM's HTTP-server flags (HOST, PORT, API_KEY, SSL_*, ...: no
@@ -36,7 +37,7 @@ NOT_ENGINE_SETTINGS = {
     "MODEL": "the kit's own: a model folder, a baked model, the embedded default's name, or "
              "a repo id in Runpod's model cache",
     "HF_TOKEN": "huggingface_hub reads it; as an engine argument vLLM would log it",
-    "LOG_LEVEL": "a common name for other programs' log level",
+    "LOG_LEVEL": "the kit's own log level (logs.py), not vLLM's --log-level",
     "MASTER_ADDR": "torch.distributed's launcher variable",
     "MASTER_PORT": "torch.distributed's launcher variable",
     "NNODES": "torch.distributed's launcher variable",
@@ -127,6 +128,7 @@ def load(environ=os.environ) -> Settings:
                        lambda v: interval <= v <= 60_000,
                        f"an integer from STREAM_INTERVAL_MS ({interval}) to 60000")
     reload = var("HANDLER_RELOAD", _bool, False, expected="true or false")
+    logs.level(environ)  # a bad LOG_LEVEL stops the worker here, before any job
     serve_args, used = engine_settings(environ, model, name)
     defaults = vars(make_arg_parser(_Parser()).parse_args([]))
     return Settings(
@@ -150,7 +152,7 @@ def cached_model(environ):
     snapshot = model_cache.find(model, environ.get("MODEL_REVISION", ""),
                                 environ.get(model_cache.CACHE_DIR_VAR, "").strip()
                                 or model_cache.DEFAULT_CACHE_DIR)
-    _say_once(snapshot.describe(model))
+    _say_once(snapshot.describe(model), log.info)
     return str(snapshot.folder), model
 
 
@@ -223,8 +225,8 @@ def engine_settings(environ, model, name=None):
         raise SettingsError(f"vLLM refused the settings {described}: "
                             f"{vllm_message(str(err).removeprefix('Error: '))}") from None
     if args.tool_call_parser and not args.enable_auto_tool_choice:  # allowed, but a trap
-        print("TOOL_CALL_PARSER has no effect without ENABLE_AUTO_TOOL_CHOICE=true: vLLM "
-              "refuses every tool_choice until both are set", file=sys.stderr, flush=True)
+        log.warning("TOOL_CALL_PARSER has no effect without ENABLE_AUTO_TOOL_CHOICE=true: "
+                    "vLLM refuses every tool_choice until both are set")
     return args, used
 
 
@@ -247,10 +249,10 @@ def unknown_settings(environ, flags):
                    "Ignored.")
 
 
-def _say_once(line):
+def _say_once(line, say=log.warning):
     if line not in _announced:  # once per process, however often the settings are read
         _announced.add(line)
-        print(line, file=sys.stderr, flush=True)
+        say(line)
 
 
 def _bool(raw):

@@ -14,7 +14,6 @@ The standard library only: the toy workers and the fast tests import it without 
 
 from __future__ import annotations
 
-import sys
 import traceback
 
 
@@ -62,7 +61,9 @@ def log_unexpected(job_id, err):
     from llmkit.runtime.vllm_api import GracefulHTTPError
 
     trace = "".join(traceback.format_exception(type(err), err, err.__traceback__))
-    print(f"job {job_id} failed unexpectedly:\n{trace}", file=sys.stderr, flush=True)
+    from llmkit.runtime import logs  # logs.py imports this module
+
+    logs.get("jobs").error(f"job {job_id} failed unexpectedly:\n{trace}")
     if isinstance(err, GracefulHTTPError):  # e.g. vLLM's queue is full: its own message
         from llmkit.runtime.sampling import vllm_error_message
         return f"job {job_id}: {vllm_error_message(err, 'engine')}"

@@ -21,7 +21,7 @@ import asyncio
 import time
 import uuid
 
-from llmkit.runtime import vllm_app, vllm_engine
+from llmkit.runtime import logs, vllm_app, vllm_engine
 from llmkit.runtime.errors import InputError
 from llmkit.runtime.inputs import Request
 from llmkit.runtime.sampling import (
@@ -31,6 +31,8 @@ from llmkit.runtime.sampling import (
     vllm_error_message,
 )
 from llmkit.runtime.vllm_api import EngineGenerateError, VLLMClientError
+
+log = logs.get("generation")
 
 _aborts = set()  # abort tasks in flight (the event loop keeps only weak references)
 
@@ -112,8 +114,8 @@ def tie_to_job(engine, request_id, job_id):
         if not task.cancelled():
             return
         if state["finished"]:  # stopped while its last chunk was being posted
-            print(f"job {job_id} stopped: vLLM request {request_id} had already finished, "
-                  f"nothing to abort", flush=True)
+            log.info(f"job {job_id} stopped: vLLM request {request_id} had already "
+                     "finished, nothing to abort")
             return
         abort = asyncio.ensure_future(_abort(engine, request_id, job_id))
         _aborts.add(abort)
@@ -131,8 +133,8 @@ async def _abort(engine, request_id, job_id):
     ids = [r for r in getattr(processor, "external_req_ids", ()) if request_id in r]
     await engine.abort(ids or request_id)  # a no-op if vLLM already aborted or finished
     running = processor.get_num_unfinished_requests() if processor is not None else "?"
-    print(f"job {job_id} stopped: vLLM request {request_id} aborted "
-          f"({running} request(s) still running)", flush=True)
+    log.info(f"job {job_id} stopped: vLLM request {request_id} aborted "
+             f"({running} request(s) still running)")
 
 
 async def gap_batched(pieces, settings, on_end=None):

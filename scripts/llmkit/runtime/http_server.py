@@ -25,17 +25,18 @@ import asyncio
 import json
 import os
 import signal
-import sys
 import time
 import uuid
 
 from aiohttp import web
 
-from llmkit.runtime import vllm_app, vllm_engine
+from llmkit.runtime import logs, vllm_app, vllm_engine
 from llmkit.runtime.error_shapes import anthropic_error, openai_error
 from llmkit.runtime.errors import InputError, SettingsError, log_unexpected
 from llmkit.runtime.jobs import failure
 from llmkit.runtime.openai_route import answer_chunk, sse_batched
+
+log = logs.get("lb")
 
 MAX_BODY = 30 * 1024 * 1024  # Runpod's limit for a load-balancing request
 BUSY_RETRY_S, STARTING_RETRY_S = 1, 5  # Retry-After: a slot frees in about an answer's time
@@ -320,7 +321,7 @@ async def _main(served, start_engine):
         await runner.setup()
         await web.TCPSite(runner, host, at).start()
         runners.append(runner)
-    _log(f"HTTP on {host}:{port} (/runsync, /v1/...), /ping on {health_port}; "
+    log.info(f"[lb] HTTP on {host}:{port} (/runsync, /v1/...), /ping on {health_port}; "
          f"{limit} request(s) at once (CONCURRENCY_MODIFIER)")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -331,10 +332,10 @@ async def _main(served, start_engine):
         await loop.run_in_executor(None, start_engine)  # /ping answers 204 meanwhile
         await vllm_app.app()  # vLLM's app too, before the first request
         server.state = READY
-        _log(f"ready in {time.monotonic() - started:.1f} s: /ping answers 200")
+        log.info(f"[lb] ready in {time.monotonic() - started:.1f} s: /ping answers 200")
         await stop.wait()
         server.state = DRAINING
-        _log(f"SIGTERM: draining {server.in_flight} request(s) in flight")
+        log.info(f"[lb] SIGTERM: draining {server.in_flight} request(s) in flight")
         await server.idle.wait()
     finally:
         for runner in runners:
@@ -347,5 +348,4 @@ def _health_app(server):
     return app
 
 
-def _log(message):
-    print(f"[lb] {message}", file=sys.stderr, flush=True)
+

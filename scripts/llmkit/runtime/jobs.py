@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+from llmkit.runtime import logs
 from llmkit.runtime.error_shapes import openai_error
 from llmkit.runtime.errors import InputError, log_unexpected
 from llmkit.runtime.openai_route import is_openai_job, openai_job
@@ -26,12 +27,13 @@ def job_function(handler, chat_messages=None, *, current=None):
         job_input = job.get("input")
         openai = is_openai_job(job_input)
         handler, chat_messages = current()  # this job's, to its end: a reload swaps later ones
-        try:
-            chunks = openai_job(job_input, job_id, chat_messages) if openai else handler(job)
-            async for chunk in chunks:
-                yield chunk
-        except Exception as err:  # never a traceback or a path to the client
-            yield failure(err, job_id, openai)[0]
+        with logs.job_context(job_id):  # the job's id on each line logged while it runs
+            try:
+                chunks = openai_job(job_input, job_id, chat_messages) if openai else handler(job)
+                async for chunk in chunks:
+                    yield chunk
+            except Exception as err:  # never a traceback or a path to the client
+                yield failure(err, job_id, openai)[0]
     return run
 
 

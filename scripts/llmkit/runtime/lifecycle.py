@@ -16,7 +16,10 @@ import traceback
 import urllib.parse
 import urllib.request
 
+from llmkit.runtime import logs
 from llmkit.runtime.errors import StartupError
+
+log = logs.get("lifecycle")
 
 
 def ping(params, timeout=2.0):
@@ -60,7 +63,7 @@ def exit_now(code, check=None, reason=None):
     thread (vLLM's engine threads among them) and can hang forever.
     """
     if reason:
-        print(f"worker exiting with code {code}: {reason}", file=sys.stderr, flush=True)
+        (log.error if code else log.info)(f"worker exiting with code {code}: {reason}")
         if code:
             report_unhealthy(check or "start-up", reason)
     for child in multiprocessing.active_children():  # vLLM's engine core, the heartbeat

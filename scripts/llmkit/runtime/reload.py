@@ -30,9 +30,11 @@ import traceback
 import types
 from dataclasses import dataclass, field
 
-from llmkit.runtime import versions
+from llmkit.runtime import logs, versions
 from llmkit.runtime.errors import ReloadError
 from llmkit.runtime.lifecycle import ping
+
+log = logs.get("reload")
 
 POLL_S = 0.5    # how often the file is looked at: a stat, nothing more
 SETTLE_S = 0.2  # a changed file must hold still this long before it is loaded
@@ -139,10 +141,6 @@ def settings_changed() -> list[str]:
     return sorted(names)
 
 
-def _log(message):
-    print(f"handler reload: {message}", file=sys.stderr, flush=True)
-
-
 class Watcher:
     """Polls ``served.path`` from a daemon thread and swaps in each new handler that loads."""
 
@@ -156,9 +154,9 @@ class Watcher:
 
     def start(self):
         if self.served.sha is None:
-            _log(f"nothing to watch: {self.served.path} cannot be read")
+            log.warning(f"handler reload: nothing to watch: {self.served.path} cannot be read")
             return self
-        _log(f"watching {self.served.path} (sha256 {self.served.sha})")
+        log.info(f"handler reload: watching {self.served.path} (sha256 {self.served.sha})")
         ping(self.served.report())
         threading.Thread(target=self._run, name="handler-reload", daemon=True).start()
         return self
@@ -169,7 +167,7 @@ class Watcher:
             try:
                 self.check()
             except Exception as err:  # the watcher must outlive any surprise
-                _log(f"watcher error: {type(err).__name__}: {err}")
+                log.error(f"handler reload: watcher error: {type(err).__name__}: {err}")
 
     def check(self):
         stat = self._stat()
@@ -193,7 +191,7 @@ class Watcher:
         except ReloadError as err:
             self._failed_sha = sha
             self.served.last_error = str(err)
-            _log(f"FAILED, still serving sha256 {self.served.sha}: {err}")
+            log.error(f"handler reload: FAILED, still serving sha256 {self.served.sha}: {err}")
         else:
             served, old = self.served, self.served.sha
             replaced = served.pair[0].__module__
@@ -204,10 +202,12 @@ class Watcher:
             served.sha, served.last_error, self._failed_sha = sha, None, None
             served.reloads += 1
             served.restart_needed = settings_changed()
-            _log(f"now serving {served.path} sha256 {sha} (was {old}), loaded in "
-                 f"{time.monotonic() - started:.2f} s; jobs in flight finish on the old one")
+            log.info(f"handler reload: now serving {served.path} sha256 {sha} (was {old}), "
+                     f"loaded in {time.monotonic() - started:.2f} s; jobs in flight finish on "
+                     "the old one")
             if served.restart_needed:
-                _log("engine settings differ from the running engine's ("
+                log.warning("handler reload: engine settings differ from the running "
+                            "engine's ("
                      f"{', '.join(served.restart_needed)}): they apply only when the worker "
                      "restarts; the new handler serves on the running engine meanwhile")
         ping(self.served.report())

@@ -10,14 +10,15 @@ import gc
 import multiprocessing
 import os
 import signal
-import sys
 import threading
 import time
 
-from llmkit.runtime import config
+from llmkit.runtime import config, logs
 from llmkit.runtime.config import Settings, vllm_message
 from llmkit.runtime.errors import SettingsError
 from llmkit.runtime.vllm_api import AsyncEngineArgs, AsyncLLMEngine
+
+log = logs.get("engine")
 
 _engine = None
 _settings: Settings | None = None
@@ -64,12 +65,11 @@ def shutdown_engine():
         try:
             _engine.shutdown()
         except Exception as error:  # going anyway: say so
-            print(f"vLLM's engine did not shut down cleanly: {type(error).__name__}: "
-                  f"{error}", file=sys.stderr, flush=True)
+            log.warning(f"vLLM's engine did not shut down cleanly: "
+                        f"{type(error).__name__}: {error}")
         _engine = _settings = None
         gc.collect()  # the front end's share: the tokenizer, the processors
-        print(f"vLLM's engine shut down in {time.monotonic() - started:.1f} s",
-              file=sys.stderr, flush=True)
+        log.info(f"vLLM's engine shut down in {time.monotonic() - started:.1f} s")
 
 
 def restart_engine():
@@ -94,8 +94,8 @@ def exit_when_engine_dies(stopping: threading.Event, interval=1.0):
             time.sleep(interval)
         if stopping.is_set():
             return
-        print(f"vLLM engine died{how_it_died(processes)}: exiting so the platform replaces "
-              "this worker", file=sys.stderr, flush=True)
+        log.error(f"vLLM engine died{how_it_died(processes)}: exiting so the platform "
+                  "replaces this worker")
         time.sleep(2 * interval)  # let the failed job's result go out first
         os._exit(1)
 
