@@ -31,7 +31,7 @@ serve`'s own app, in process), openai_route.py (queue jobs for its routes), erro
 and worker_loop.py (the runpod worker and its job loop), lifecycle.py (heartbeat pings; a
 worker that must die, dies), http_server.py (the load-balancing worker, MODE_TO_RUN=lb),
 reload.py (a new handler.py without a restart), model_cache.py (MODEL=org/name from
-Runpod's model cache).
+Runpod's model cache), logs.py (the kit's log lines, with the job's id; LOG_LEVEL).
 """
 
 import importlib
