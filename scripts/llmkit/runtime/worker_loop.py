@@ -32,25 +32,16 @@ import os
 import sys
 import time
 
+from llmkit.runtime import runpod_sdk
 from llmkit.runtime.errors import StartupError, UnknownSDK
 
-# The SDK whose JobScaler internals the kit's loop was written against (pyproject pins it).
-RUNPOD_VERSION = "1.10.0"
+# The SDK whose JobScaler internals the kit's loop was written against (runpod_sdk.py
+# lists each internal the kit relies on, and the SDK versions it was read from).
+RUNPOD_VERSION = runpod_sdk.PINNED
 # "kit" (the default) or "sdk" (the SDK's own loop, unchanged).
 WORKER_LOOP_VAR = "WORKER_LOOP"
 # Set to 1 to log the kit loop's timeline: each job's end, take and start, and each fetch.
 TRACE_VAR = "WORKER_LOOP_TRACE"
-# The JobScaler methods the kit's loop overrides or calls, with their parameters.
-_SCALER_API = {
-    "set_scale": ("self",),
-    "current_occupancy": ("self",),
-    "get_jobs": ("self", "session"),
-    "run_jobs": ("self", "session"),
-    "handle_job": ("self", "session", "job"),
-    "is_alive": ("self",),
-    "kill_worker": ("self",),
-}
-
 
 def quiet_sdk_logs():
     """INFO unless RUNPOD_DEBUG_LEVEL (or RUNPOD_LOG_LEVEL) says otherwise.
@@ -71,25 +62,17 @@ def check_sdk(runpod):
     if version != RUNPOD_VERSION:
         problems.append(f"runpod is {version}, not {RUNPOD_VERSION}")
     scaler = getattr(rp_scale, "JobScaler", None)
-    for name, params in _SCALER_API.items():
+    for name, params in runpod_sdk.SCALER_METHODS.items():
         method = getattr(scaler, name, None)
         if not callable(method):
             problems.append(f"JobScaler.{name} is missing")
         elif tuple(inspect.signature(method).parameters) != params:
             problems.append(f"JobScaler.{name}{inspect.signature(method)} is not "
                             f"{name}({', '.join(params)})")
-    uses = {  # what each must still refer to for the overrides to take effect
-        "JobScaler.get_jobs": (getattr(scaler, "get_jobs", None),
-                               ("set_scale", "current_occupancy", "jobs_fetcher")),
-        "JobScaler.__init__": (getattr(scaler, "__init__", None),
-                               ("jobs_queue", "job_progress", "current_concurrency",
-                                "jobs_fetcher", "stop_signals_fetcher", "_shutdown_event")),
-        "JobScaler.monitor_stop_signals": (getattr(scaler, "monitor_stop_signals", None),
-                                           ("stop_signals_fetcher",)),
-        "worker.run_worker": (getattr(worker, "run_worker", None), ("rp_scale", "JobScaler")),
-    }
-    for where, (func, names) in uses.items():
-        code = getattr(func, "__code__", None)
+    owners = {"JobScaler": scaler, "worker": worker}
+    for where, names in runpod_sdk.SCALER_USES.items():
+        owner, attribute = where.split(".")
+        code = getattr(getattr(owners[owner], attribute, None), "__code__", None)
         missing = [n for n in names if code is None or n not in code.co_names]
         if missing:
             problems.append(f"{where} no longer uses {', '.join(missing)}")
