@@ -92,9 +92,12 @@ serve-lb: install export-handler
 	MODEL="$$($(PY) -m llmkit.models prepare "$(MODEL)")" MODE_TO_RUN=lb PORT=$(LB_PORT) \
 		HANDLER_RELOAD=true $(PY) -u $(HANDLER)
 
+# Two pytest-xdist workers: all Docker work on one, the host's modules on the other (the
+# groups are in tests/conftest.py). TEST_WORKERS=0 runs the suite in one process.
+TEST_WORKERS ?= 2
 test: install
 	$(PY) -m ruff check scripts tests bench
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder $(PYTEST_ARGS)
 
 # The inner loop: no vLLM import or engine, no endpoint, sshd, Jupyter or browser
 # (markers in pyproject.toml, applied in tests/conftest.py). `make test` runs everything.
