@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import pytest
+import xdist_groups
 from shared_engine import IN_PROCESS_SETTINGS
 
 from llmkit import tiny_model
@@ -43,30 +44,14 @@ STARTS = {
 }
 
 
-@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker, and before xdist reads groups
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
 def pytest_collection_modifyitems(config, items):
     for item in items:
         for marker in sorted({STARTS[f] for f in getattr(item, "fixturenames", ()) if f in STARTS}):
             item.add_marker(marker)
         if item.get_closest_marker("image"):  # Docker builds and containers: a service too
             item.add_marker("service")
-        item.add_marker(pytest.mark.xdist_group(_group(item)))
-    if config.getoption("dist", "no") == "loadgroup":
-        # The image's group first: the longest, so the other worker takes the host's
-        # modules meanwhile (a stable sort: each group keeps its order).
-        items.sort(key=lambda item: _group(item) != IMAGE_GROUP)
-
-
-# `make test` runs on two pytest-xdist workers (--dist loadgroup): a group runs whole on
-# one worker, so a module's fixtures (engines, endpoints) start once. Every Docker build
-# and container is one group: the image is built once, and only one worker waits on it
-# while the other runs the host's tests, which leave one of the 2 cores idle much of the
-# time (each engine start is three single-threaded imports of torch and vLLM).
-IMAGE_GROUP = "docker"
-
-
-def _group(item) -> str:
-    return IMAGE_GROUP if item.get_closest_marker("image") else item.nodeid.split("::")[0]
+    xdist_groups.assign(config, items)
 
 
 @pytest.fixture(scope="session")
