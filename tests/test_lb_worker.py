@@ -89,9 +89,10 @@ def _host(tmp_path_factory, tiny_model_dir, plain_handler, extra_env=None):
         env = {**os.environ, **worker.env(str(tiny_model_dir), str(plain_handler)),
                "PYTHONPATH": str(REPO_ROOT / "scripts")}
         with open(log, "wb") as out:
+            # A session of its own: _remove kills the group, the engine's processes too.
             procs.append(subprocess.Popen([sys.executable, "-u", str(plain_handler)], env=env,
                                           stdout=out, stderr=subprocess.STDOUT,
-                                          cwd=log.parent))
+                                          cwd=log.parent, start_new_session=True))
 
     worker = Worker("host", start, lambda: procs[0].send_signal(signal.SIGTERM),
                     lambda: procs[0].poll(), lambda: log.read_text(errors="replace"), extra_env)
@@ -131,8 +132,18 @@ def _worker(request, tmp_path_factory, tiny_model_dir, plain_handler, extra_env=
 
 def _remove(worker):
     if worker.where == "host":
+        # SIGTERM, as the platform stops a worker, then SIGKILL to whatever is left: killing
+        # the worker alone would leave vLLM's engine processes running, re-parented to init.
         if worker.process.poll() is None:
-            worker.process.kill()
+            worker.process.send_signal(signal.SIGTERM)
+            try:
+                worker.process.wait(60)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(worker.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         worker.process.wait(30)
     else:
         worker.container.remove()
