@@ -93,7 +93,7 @@ serve-lb: install export-handler
 		HANDLER_RELOAD=true $(PY) -u $(HANDLER)
 
 # Two pytest-xdist workers: all Docker work on one, the host's modules on the other (the
-# groups are in tests/conftest.py). TEST_WORKERS=0 runs the suite in one process.
+# groups are in tests/xdist_groups.py). TEST_WORKERS=0 runs the suite in one process.
 TEST_WORKERS ?= 2
 test: install
 	$(PY) -m ruff check scripts tests bench
