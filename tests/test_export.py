@@ -110,6 +110,58 @@ def test_parameters_tags_are_allowed(tmp_path):
     assert "model = " not in export.export(path)
 
 
+def test_markers_in_the_cells_text_work_as_the_tags_do(tmp_path):
+    """nbdev's spelling, `#| export` as the first line; the marker lines stay out of
+    handler.py, and a cell may carry the tag, the marker, or both."""
+    path = make_notebook(tmp_path / "nb.ipynb", ("#| parameters\nmodel = ''", ["parameters"]),
+                         ("#|export\n" + GOOD_REST, ()), ("#| test\nassert 1", ()),
+                         ("#| export\n" + GOOD_HANDLER, ["export"]))
+    text = export.export(path)
+    assert "#|" not in text and "model = " not in text and "assert 1" not in text
+    assert text.index('GREETING = "hi"') < text.index("async def handler")
+    compile(text, "handler.py", "exec")
+
+
+def test_a_misspelt_marker_fails_the_export_naming_cell_and_line(tmp_path):
+    path = make_notebook(tmp_path / "nb.ipynb", (GOOD_REST, ["export"]),
+                         ("\n#| exprot\ny = 2", ()), (GOOD_HANDLER, ["export"]))
+    [problem] = problems_of(path)
+    assert (problem.cell_index, problem.cell_id, problem.line) == (1, "cell-1", 2)
+    assert "unknown marker '#| exprot'" in problem.message
+    assert "'#| export'" in problem.message  # says what it may be
+
+
+def test_a_marker_below_the_code_is_a_comment(tmp_path):
+    path = make_notebook(tmp_path / "nb.ipynb", ("#| export\n" + GOOD_HANDLER, ()),
+                         ("x = 1\n#| exprot", ()))
+    assert "x = 1" not in export.export(path)
+
+
+@pytest.mark.parametrize("source", [
+    "\n\n" + GOOD_HANDLER,                          # leading blank lines
+    GOOD_HANDLER.replace("\n", "   \n") + "  ",      # trailing spaces
+    GOOD_HANDLER.replace("\n", "\r\n") + "\r\n",    # Windows line endings
+    "#| export\n\n" + GOOD_HANDLER.replace("\n", "\r\n"),
+])
+def test_blank_first_lines_trailing_spaces_and_crlf_are_plain_python(tmp_path, source):
+    path = make_notebook(tmp_path / "nb.ipynb", (source, ["export"]))
+    text = export.export(path)
+    assert "\r" not in text and " \n" not in text
+    assert "async def handler(job):\n    yield" in text
+
+
+def test_lines_keep_the_cells_numbers_below_markers(tmp_path):
+    """An error's line is the cell's line, as Jupyter numbers it, marker lines included."""
+    path = make_notebook(tmp_path / "nb.ipynb", ("#| export\n\nx = 1\ny = helper", ()),
+                         ("#| export\n" + GOOD_HANDLER, ()))
+    [problem] = problems_of(path)
+    assert (problem.cell_index, problem.line) == (0, 4), problem
+    path = make_notebook(tmp_path / "nb.ipynb", ("#| export\nx = 1\n%time x", ()),
+                         ("#| export\n" + GOOD_HANDLER, ()))
+    [problem] = problems_of(path)
+    assert (problem.cell_index, problem.line) == (0, 3), problem
+
+
 def test_syntax_error_names_cell_and_line(tmp_path):
     path = make_notebook(tmp_path / "nb.ipynb", (GOOD_REST, ["export"]),
                          ("x = 1\ndef broken(:\n    pass", ["export"]), (GOOD_HANDLER, ["export"]))
@@ -154,7 +206,7 @@ def test_handler_must_be_an_async_generator(tmp_path):
 
 def test_notebook_without_export_cells(tmp_path):
     path = make_notebook(tmp_path / "nb.ipynb", ("x = 1", ()))
-    assert "no code cell is tagged 'export'" in problems_of(path)[0].message
+    assert "no code cell is marked export" in problems_of(path)[0].message
 
 
 def run_cli(*args):

@@ -2,12 +2,12 @@
 
     python -m llmkit.export notebooks/handler_dev.ipynb -o build/handler.py [--check]
 
-The tag vocabulary is closed: on a code cell, `export` (goes into handler.py),
-`parameters` and papermill's `injected-parameters`; any other tag is an error. An
-exported cell must be plain Python: no IPython magics, shell escapes or `obj?`,
-no syntax errors, no undefined names. Together the cells must define an async
-generator `handler(job)`, which the template's footer hands to the kit's runtime.
-Every problem names the notebook, the cell and the line.
+A cell is exported when it is marked `export`: its first line `#| export`, or the cell
+tag (markers.py; the vocabulary is closed, so `#| exprot` is an error). An exported cell
+must be plain Python: no IPython magics, shell escapes or `obj?`, no syntax errors, no
+undefined names; its marker lines are left out. Together the cells must define an async
+generator `handler(job)`, which the template's footer hands to the kit's runtime. Every
+problem names the notebook, the cell and the line.
 
 The output is deterministic (no execution counts, no timestamps), so `--check`
 can compare it byte for byte with the committed file. It replaces the file whole, so a
@@ -32,11 +32,11 @@ import nbformat
 from nbconvert.exporters import TemplateExporter
 from nbconvert.preprocessors import Preprocessor
 
+from llmkit import markers
 from llmkit.paths import REPO_ROOT
 from llmkit.runtime.versions import API_VERSION
 
 EXPORT_TAG = "export"
-KNOWN_TAGS = frozenset({EXPORT_TAG, "parameters", "injected-parameters"})
 TEMPLATE_DIR = REPO_ROOT / "handler_template"
 TEMPLATE_FILE = "handler.py.j2"
 # Names the template's footer uses; the exported cells must define them.
@@ -69,56 +69,56 @@ class ExportError(Exception):
 
 
 class KeepExportCells(Preprocessor):
-    """Keep only code cells tagged `export`; refuse tags outside the vocabulary."""
+    """Keep only the code cells marked `export`, without their marker lines; refuse tags
+    and markers outside the vocabulary."""
 
     def preprocess(self, nb, resources):
         problems, kept = resources["problems"], []
         for index, cell in enumerate(nb.cells):
             if cell.cell_type != "code":
                 continue
-            tags = cell.metadata.get("tags", [])
-            for tag in tags:
-                if tag not in KNOWN_TAGS:
-                    problems.append(Problem(
-                        resources["source_notebook"],
-                        f"unknown tag {tag!r}; code cells may carry only "
-                        + ", ".join(sorted(KNOWN_TAGS)),
-                        index, cell.get("id"), None))
-            if EXPORT_TAG in tags:
+            found, unknown, _ = markers.read(cell)
+            problems.extend(Problem(resources["source_notebook"], u.message(), index,
+                                    cell.get("id"), u.line) for u in unknown)
+            if EXPORT_TAG in found:
                 cell.metadata["export_index"] = index
-                cell.source = cell.source.rstrip() + "\n"
-                problems.extend(_check_cell(resources["source_notebook"], cell))
+                cell.source, skipped = markers.body(cell)
+                resources["skipped_lines"][index] = skipped  # so lines keep the cell's numbers
+                problems.extend(_check_cell(resources["source_notebook"], cell, skipped))
                 kept.append(cell)
         nb.cells = kept
         return nb, resources
 
 
-def _check_cell(notebook: str, cell) -> list[Problem]:
-    """Magics and syntax errors, located in the cell."""
+def _check_cell(notebook: str, cell, skipped: int) -> list[Problem]:
+    """Magics and syntax errors, located in the cell (``skipped``: its marker lines)."""
     from IPython.core.inputtransformer2 import TransformerManager
 
     index, cid, src = cell.metadata["export_index"], cell.get("id"), cell.source
     here = dict(notebook=notebook, cell_index=index, cell_id=cid)
     # IPython rewrites %magic, !shell, x = !cmd and obj? into get_ipython() calls;
-    # any rewrite means the cell is not plain Python.
+    # any rewrite means the cell is not plain Python. (It also drops leading blank lines,
+    # which markers.body has already dropped.)
     transformed = TransformerManager().transform_cell(src)
     if transformed.rstrip() != src.rstrip():
         before, after = src.splitlines(), transformed.splitlines()
         matcher = difflib.SequenceMatcher(a=before, b=after, autojunk=False)
         first = next(op for op in matcher.get_opcodes() if op[0] != "equal")
         line = min(first[1] + 1, len(before))
-        return [Problem(**here, line=line, message=(
+        return [Problem(**here, line=line + skipped, message=(
             f"IPython magic, shell escape or help syntax in an exported cell: "
             f"{before[line - 1].strip()!r}; exported cells must be plain Python"))]
     try:
         compile(src, f"{notebook} cell {index}", "exec", dont_inherit=True)
     except SyntaxError as err:
-        return [Problem(**here, line=err.lineno, message=f"syntax error: {err.msg}")]
+        return [Problem(**here, line=(err.lineno or 1) + skipped,
+                        message=f"syntax error: {err.msg}")]
     return []
 
 
-def _locate(rendered: str, notebook: str, file_line: int) -> dict:
-    """Map a line of the rendered file back to its notebook cell."""
+def _locate(rendered: str, notebook: str, file_line: int, skipped: dict) -> dict:
+    """Map a line of the rendered file back to its notebook cell (``skipped``: each
+    cell's marker lines, which the file leaves out)."""
     lines = rendered.splitlines()
     for i in range(min(file_line, len(lines)) - 1, -1, -1):
         if lines[i].startswith(FOOTER_MARKER):
@@ -126,12 +126,13 @@ def _locate(rendered: str, notebook: str, file_line: int) -> dict:
                         line=file_line - i - 1)
         match = _CELL_MARKER.match(lines[i])
         if match:
-            return dict(notebook=notebook, cell_index=int(match[1]), cell_id=match[2],
-                        line=file_line - i - 1)
+            index = int(match[1])
+            return dict(notebook=notebook, cell_index=index, cell_id=match[2],
+                        line=file_line - i - 1 + skipped.get(index, 0))
     return dict(notebook=notebook, line=file_line)
 
 
-def _check_file(rendered: str, notebook: str) -> list[Problem]:
+def _check_file(rendered: str, notebook: str, skipped: dict) -> list[Problem]:
     """Undefined names (pyflakes) and the handler contract, on the whole file."""
     from pyflakes import checker, messages
 
@@ -144,7 +145,7 @@ def _check_file(rendered: str, notebook: str) -> list[Problem]:
             footer_hint = ""
             if msg.message_args and msg.message_args[0] in FOOTER_NAMES:
                 footer_hint = " (the generated footer uses it: define it in an exported cell)"
-            problems.append(Problem(**_locate(rendered, notebook, msg.lineno),
+            problems.append(Problem(**_locate(rendered, notebook, msg.lineno, skipped),
                                     message=text + footer_hint))
     if problems:
         return problems
@@ -152,10 +153,10 @@ def _check_file(rendered: str, notebook: str) -> list[Problem]:
     handler = next((n for n in tree.body if getattr(n, "name", None) == "handler"), None)
     if handler is None:
         return [Problem(notebook, "no exported cell defines `async def handler(job)`; "
-                        "tag the cell that defines it with 'export'")]
+                        "start the cell that defines it with the line '#| export'")]
     is_generator = any(isinstance(n, (ast.Yield, ast.YieldFrom)) for n in _own_nodes(handler))
     if not isinstance(handler, ast.AsyncFunctionDef) or not is_generator:
-        return [Problem(**_locate(rendered, notebook, handler.lineno), message=(
+        return [Problem(**_locate(rendered, notebook, handler.lineno, skipped), message=(
             "`handler` must be an async generator (`async def handler(job):` that yields "
             "chunks), so the worker can stream and run jobs concurrently"))]
     return []
@@ -196,13 +197,15 @@ def export(notebook: Path) -> str:
     exporter = TemplateExporter(extra_template_paths=[str(TEMPLATE_DIR)],
                                 template_file=TEMPLATE_FILE)
     exporter.register_preprocessor(KeepExportCells(), enabled=True)
-    resources = {"problems": [], "source_notebook": shown, "runtime_api": API_VERSION}
+    resources = {"problems": [], "source_notebook": shown, "runtime_api": API_VERSION,
+                 "skipped_lines": {}}
     rendered, resources = exporter.from_notebook_node(nb, resources=resources)
     problems = resources["problems"]
-    if not any(EXPORT_TAG in c.metadata.get("tags", []) for c in nb.cells):
-        problems.append(Problem(shown, f"no code cell is tagged {EXPORT_TAG!r}"))
+    if not resources["skipped_lines"] and not problems:
+        problems.append(Problem(shown, "no code cell is marked export: start the handler's "
+                                "cells with the line '#| export'"))
     if not problems:
-        problems.extend(_check_file(rendered, shown))
+        problems.extend(_check_file(rendered, shown, resources["skipped_lines"]))
     if problems:
         raise ExportError(problems)
     return rendered.rstrip("\n") + "\n"
