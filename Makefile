@@ -18,7 +18,7 @@ MODEL ?= SmolLM2-135M-Instruct
 
 STAMP := $(VENV)/.installed-$(DEVICE)
 
-.PHONY: help install model tiny-model export-handler check-handler demo test test-fast lint serve serve-lb clean docs-screenshot check-vllm test-vllm-release
+.PHONY: help install model tiny-model export-handler check-handler test-handler demo test test-fast lint serve serve-lb clean docs-screenshot check-vllm test-vllm-release
 
 help:
 	@echo "make demo             install, prepare $(MODEL), export the handler, stream an answer"
@@ -31,6 +31,7 @@ help:
 	@echo "make serve-lb         build/handler.py as a load-balancing worker on http://127.0.0.1:$(LB_PORT)"
 	@echo "make export-handler   notebook -> $(HANDLER)"
 	@echo "make check-handler    fail if $(HANDLER) is out of date with the notebook"
+	@echo "make test-handler     the notebook's own #| test cells, run top to bottom on MODEL"
 	@echo "make bench            benchmarks against raw vLLM -> docs/BENCHMARKS.md (BENCH_ARGS=--quick)"
 	@echo "make soak             1000 jobs at 32 concurrent to 2 workers; nothing may be lost (SOAK_ARGS=...)"
 	@echo "make check-vllm       check each supported vLLM release's wheel against the kit's boundary"
@@ -74,6 +75,11 @@ export-handler: install
 
 check-handler: install
 	$(PY) -m llmkit.export $(NOTEBOOK) -o $(HANDLER) --check
+
+# The notebook's own tests (its `#| test` cells): the handler exports, then the whole
+# notebook runs in a fresh kernel on MODEL; the first failing cell is named, with its line.
+test-handler: install
+	MODEL="$(MODEL)" $(PY) -m llmkit.handler_tests $(NOTEBOOK) $(TEST_HANDLER_ARGS)
 
 demo: install export-handler
 	$(PY) -m llmkit.demo --model "$(MODEL)"

@@ -418,6 +418,11 @@ def test_iteration_workflow_builds_dockerfile_iteration():
     assert "workflow_dispatch" in on and "build/handler.py" in on["push"]["paths"]
     steps = data["jobs"]["iteration"]["steps"]
     assert any("--check" in s.get("run", "") for s in steps), "check the handler is in sync"
+    runs = [s.get("run", "") for s in steps]
+    tested = next(i for i, run in enumerate(runs) if "make test-handler" in run)
+    build = next(i for i, s in enumerate(steps)
+                 if s.get("uses", "").startswith("docker/build-push-action"))
+    assert tested < build, "the notebook's tests run before the image is built"
     build = next(s for s in steps if s.get("uses", "").startswith("docker/build-push-action"))
     assert build["with"]["file"] == "Dockerfile_Iteration"
     assert "BASE_IMAGE=" in build["with"]["build-args"]
