@@ -1,7 +1,7 @@
 # =============================================================================
 # GENERATED FILE - DO NOT EDIT. Edit the notebook and run `make export-handler`.
 # Source notebook: notebooks/handler_dev.ipynb
-# Source cells (in order): imports, handler
+# Source cells (in order): handler
 # `make check-handler` fails when this file is out of date with the notebook.
 # Written for the kit's runtime API 1.1 (scripts/llmkit/runtime).
 # =============================================================================
@@ -11,33 +11,17 @@ if __name__ == "__main__":  # the worker: before anything else, stop unless the 
     require("1.1")
 
 
-# %% cell 4 (id imports)
-# The kit's runtime (scripts/llmkit/runtime): settings, vLLM, input checks, streaming,
-# cancellation, errors and the OpenAI route. Your part is the handler below.
-from llmkit.runtime import generate, read_input
+# %% cell 3 (id handler)
+from llmkit.runtime import InputError, generate, read_input
 
 
-# %% cell 5 (id handler)
 async def handler(job):
-    """One Runpod job: input -> prompt -> generate -> output.
-
-    job["input"]: "prompt" (raw text) or "messages" (chat), "answerType" ("stream" or
-    "normal") and "sampling_params" (any of vLLM's SamplingParams). Yields {"text": ...}
-    chunks as the answer comes (stream), or one {"text": full} (normal); the last one also
-    has "usage" (token counts) and "finish_reason". Bad input fails the job with a message
-    naming the field, and the worker goes on.
-    """
-    request = read_input(job)  # your own input fields: read_input(job, fields={"name": str})
-    # Change the prompt here: request.prompt (raw text) or request.messages (chat). To fail
-    # the job with your own message: raise InputError("input.name: ...").
-    async for text in generate(request):  # tied to this job: a cancel aborts vLLM's request
-        # text.final is {} but on the last piece: its usage and finish_reason, from vLLM.
-        yield {"text": text, **text.final}  # add your own fields, or yield more chunks
-
-
-# The OpenAI route (/openai/v1) answers through vLLM's OpenAI layer, without handler(). To
-# change its chat prompts too, define chat_messages(messages) -> messages here, and call it
-# in handler() as well (notebooks/recipes/system_prompt.ipynb).
+    """One job: its input -> vLLM -> {"text": ...} chunks (stream) or one (normal)."""
+    request = read_input(job)  # checks the input; your own fields: read_input(job, fields={"name": str})
+    # Change the prompt here (request.prompt or request.messages), or fail the job with your
+    # own message: raise InputError("input.name must be ...").
+    async for text in generate(request):  # a cancelled job aborts vLLM's request
+        yield {"text": text, **text.final}  # the last piece's .final: usage, finish_reason
 
 
 # %% worker start-up (from handler_template/handler.py.j2)

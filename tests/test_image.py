@@ -20,7 +20,7 @@ from pathlib import Path
 
 import image_harness as h
 import pytest
-from browser import CHROMIUM
+from browser import CHROMIUM, run_all_then_generate
 from browser import launch as browser_launch
 from image_fixtures import (
     DUMMY_TOKEN,
@@ -315,54 +315,17 @@ def test_pod_playground_streams_an_answer_in_the_browser(pod):
             page.fill("#password_input", PASSWORD)
             page.click("#login_submit")
             page.wait_for_url("**/lab/tree/notebooks/handler_dev.ipynb**")
-            # The kernel connected and idle, as the status bar says ("... | Idle"): "Run All"
-            # clicked while it still connects can be dropped by JupyterLab.
-            page.get_by_text(re.compile(r"runpod-llm-kit\)\s*\|\s*Idle")).first.wait_for()
-            # Run > Run All Cells: the engine starts in the kernel, the samples run.
-            page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-            page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
-            # The first cell runs at once ([*] or [1]), or something is wrong: say so now.
-            page.locator(".jp-InputPrompt", has_text=re.compile(r"\[[*0-9]+\]")).first.wait_for(
-                timeout=60_000)
-            go = page.get_by_role("button", name="Generate")
             SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                go.wait_for(timeout=600_000)
-            except sync_api.TimeoutError:
+
+            def fail(message):
                 page.screenshot(path=str(SCREENSHOT.with_name("image-playground-timeout.png")),
                                 full_page=True)
-                # What stopped "Run All": a cell's error, or the kernel's death in the log.
-                errors = [t for t in page.locator(".jp-OutputArea-output").all_inner_texts()
-                          if "Error" in t or "Traceback" in t]
-                pytest.fail(f"the playground never appeared; cell errors: {errors[-2:]}\n"
-                            f"container log: {container.logs()[-4000:]}")
-            # The last cell prints the samples' summary once everything has run.
-            page.locator(".jp-OutputArea-output", has_text='"stream_text"').first.wait_for(
-                timeout=600_000)
-            page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").first.wait_for(
-                timeout=300_000)
-            boxes = page.locator(".widget-textarea textarea")
-            prompt, answer = boxes.nth(0), boxes.nth(1)
-            prompt.fill("What is the capital of France? Then name five famous places there.")
-            readout = page.locator(".widget-hslider", has_text="temperature").locator(
-                ".widget-readout")
-            readout.click()
-            page.keyboard.press("Control+A")
-            page.keyboard.type("0")
-            page.keyboard.press("Enter")
-            go.click()
-            seen, stable_since, last = [], time.monotonic(), ""
-            deadline = time.monotonic() + 300
-            while time.monotonic() < deadline:
-                value = answer.input_value()
-                if value != last:
-                    seen.append(value)
-                    last, stable_since = value, time.monotonic()
-                elif value and time.monotonic() - stable_since > 5:
-                    break
-                time.sleep(0.05)
-            final = seen[-1] if seen else ""
-            status = page.locator(".widget-label", has_text="chunk(s)").first.inner_text()
+                pytest.fail(f"{message}\ncontainer log: {container.logs()[-4000:]}")
+
+            shown = run_all_then_generate(
+                page, "What is the capital of France? Then name five famous places there.", fail)
+            seen, status = shown["seen"], shown["figures"]
+            final = seen[-1]
             SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(SCREENSHOT), full_page=True)
         finally:
@@ -371,7 +334,8 @@ def test_pod_playground_streams_an_answer_in_the_browser(pod):
     assert all(b.startswith(a) for a, b in zip(seen, seen[1:], strict=False)), \
         "it grows by appending"
     assert "Paris" in final, final
-    assert re.match(r"\d+ chunk\(s\)", status) and int(status.split()[0]) >= 3, status
+    assert re.match(r"first text [\d.]+ s · [\d.]+ tok/s · \d+ prompt \+ \d+ answer tokens · "
+                    r"stopped: (stop|length) ", status), status
     assert SCREENSHOT.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     print(f"playground: {len(seen)} growing values, {status}; screenshot {SCREENSHOT}")
 

@@ -1,5 +1,7 @@
-"""The development notebook: papermill runs all of it on the tiny model, as CI and users
-would; its parameters reach the handler through the environment, as in the worker."""
+"""The development notebook in a real kernel: Run All twice keeps one engine, a restart
+replaces it, the playground reports its figures; its parameters reach the engine through the
+environment, as in the worker. (test_handler_tests.py runs it, and each recipe, as
+`make test-handler` does.)"""
 
 from __future__ import annotations
 
@@ -7,45 +9,9 @@ import json
 import os
 
 import nbformat
-import papermill
 import pytest
 
 KERNEL = "runpod-llm-kit"  # registered by `make install`, bound to the project's venv
-
-
-def cell_stdout(nb, cell_id):
-    cell = next(c for c in nb.cells if c.get("id") == cell_id)
-    return "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream")
-
-
-@pytest.mark.engine
-def test_notebook_runs_end_to_end_with_injected_parameters(repo_root, tiny_model_dir, tmp_path):
-    out = tmp_path / "executed.ipynb"
-    papermill.execute_notebook(
-        str(repo_root / "notebooks" / "handler_dev.ipynb"), str(out),
-        parameters={"model": str(tiny_model_dir), "max_model_len": 256},
-        kernel_name=KERNEL, cwd=str(repo_root / "notebooks"), progress_bar=False,
-        execution_timeout=600,
-    )
-    nb = nbformat.read(out, as_version=4)
-    # papermill injected our model after the `parameters` cell.
-    injected = next(c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", []))
-    assert str(tiny_model_dir) in injected.source
-    assert f"MODEL = {tiny_model_dir}" in cell_stdout(nb, "setup")
-    assert "engine ready in" in cell_stdout(nb, "start-engine")
-    # The playground rendered a widget.
-    playground = next(c for c in nb.cells if c.get("id") == "playground")
-    assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {})
-               for o in playground.outputs)
-    # What the sample jobs computed, through the very handler that gets exported.
-    summary = json.loads(cell_stdout(nb, "summary").strip().splitlines()[-1])
-    assert summary["stream_chunks"] >= 1 and summary["stream_text"]
-    [normal] = summary["normal"]
-    assert normal["text"] == summary["stream_text"]  # greedy: same text
-    # The last chunk's usage: 32 tokens at max_tokens, fewer if the model ended first.
-    reason, tokens = normal["finish_reason"], normal["usage"]["completion_tokens"]
-    assert (reason == "length" and tokens == 32) or (reason == "stop" and 0 < tokens < 32)
-    assert summary["bad"] == [{"error": "input.prompt must not be empty"}]
 
 
 def run_setup(repo_root, **injected):
@@ -73,6 +39,8 @@ def engine_env(monkeypatch, tiny_model_dir):
     return monkeypatch
 
 
+# The setup cell imports the runtime's run_job, and with it vLLM.
+@pytest.mark.vllm
 def test_empty_parameters_keep_the_environments_values(repo_root, engine_env):
     engine_env.setenv("MAX_MODEL_LEN", "777")
     engine_env.setenv("CONCURRENCY_MODIFIER", "3")
@@ -81,12 +49,14 @@ def test_empty_parameters_keep_the_environments_values(repo_root, engine_env):
     assert os.environ["CONCURRENCY_MODIFIER"] == "3"
 
 
+@pytest.mark.vllm
 def test_empty_parameters_without_environment_leave_the_handlers_default(repo_root,
                                                                          engine_env):
     run_setup(repo_root)
     assert not any(name in os.environ for name in ENGINE_ENV if name != "MODEL")
 
 
+@pytest.mark.vllm
 def test_a_set_parameter_wins_over_the_environment(repo_root, engine_env, tiny_model_dir):
     engine_env.setenv("MAX_MODEL_LEN", "777")
     run_setup(repo_root, max_model_len=256, model=str(tiny_model_dir))
@@ -101,7 +71,15 @@ def engine_cores():
                   if "EngineCore" in p.name() + " ".join(p.cmdline()))
 print("ENGINES", json.dumps(engine_cores()))
 """
+PLAYGROUND = """
+shown = playground(handler)
+chunks = await shown.run()
+print("PLAYGROUND", json.dumps({"answer": shown.answer.value, "status": shown.status.value,
+                                "last": chunks[-1]}))
+"""
 RESTART = """
+import os
+from llmkit.runtime import engine
 os.environ["MAX_MODEL_LEN"] = "128"
 restart_engine()
 print("RESTARTED", engine().model_config.max_model_len)
@@ -134,11 +112,19 @@ def test_run_all_twice_in_one_kernel_keeps_one_engine_and_a_restart_replaces_it(
             for index, cell in enumerate(cells):
                 client.execute_cell(cell, index)
             seen.append(run(COUNT_ENGINES))
+        played = json.loads(run(PLAYGROUND).split("PLAYGROUND", 1)[1])
         restarted = run(RESTART)
         seen.append(run("print('ENGINES', json.dumps(engine_cores()))"))
     first, second, after = (json.loads(out.split("ENGINES", 1)[1]) for out in seen)
     assert len(first) == 1 and second == first, seen  # the same engine, not a second one
     assert "RESTARTED 128" in restarted, restarted
+    # The playground's Generate, as a person clicks it: the answer and its figures.
+    last, status = played["last"], played["status"]
+    assert played["answer"] and last["finish_reason"] in ("stop", "length"), played
+    assert status.startswith("first text ") and " s · " in status, status
+    assert f"{last['usage']['prompt_tokens']} prompt + {last['usage']['completion_tokens']} " \
+        "answer tokens" in status, status
+    assert f"stopped: {last['finish_reason']} (" in status, status
     assert len(after) == 1 and after != first, seen  # the old one gone, a new one up
 
 
