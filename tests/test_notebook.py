@@ -148,3 +148,13 @@ def test_a_kit_error_shows_in_the_notebook_as_its_message_not_a_traceback(
     out = capsys.readouterr().out
     assert result.error_in_exec is not None and shown in out, out
     assert "Traceback" not in out and "File " not in out, out
+
+
+def test_the_readme_shows_the_notebooks_handler_as_it_is(repo_root):
+    """The README's handler, and the notebook page's setup cell, are the notebook's cells,
+    verbatim: the docs cannot drift from what a newcomer opens."""
+    nb = nbformat.read(repo_root / "notebooks" / "handler_dev.ipynb", as_version=4)
+    cells = {c.get("id"): c.source for c in nb.cells}
+    assert f"```python\n{cells['handler']}\n```" in (repo_root / "README.md").read_text()
+    indented = "\n".join(f"   {line}" if line else "" for line in cells["setup"].splitlines())
+    assert indented in (repo_root / "docs" / "NOTEBOOK.md").read_text()

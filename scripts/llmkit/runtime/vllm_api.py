@@ -24,8 +24,8 @@ from llmkit.runtime.errors import VLLMUnsupported
 # end to end here. The GPU image's default is the newest (docs/IMAGE.md says why).
 SUPPORTED = ("0.32.0", "0.33.0", "0.34.0")
 GPU_DEFAULT = SUPPORTED[-1]
-# The vLLM settings (`vllm serve` flags as variables) the kit's README and docs/DEPLOY.md
-# name: `make check-vllm` checks each is still a flag in every supported release.
+# The vLLM settings (`vllm serve` flags as variables) docs/SETTINGS.md names: `make
+# check-vllm` checks each is still a flag in every supported release.
 DOCUMENTED_ENGINE_SETTINGS = (
     "MAX_MODEL_LEN", "DTYPE", "GPU_MEMORY_UTILIZATION", "ENFORCE_EAGER", "MAX_NUM_SEQS",
     "TENSOR_PARALLEL_SIZE", "QUANTIZATION", "ENABLE_PREFIX_CACHING", "TRUST_REMOTE_CODE",
