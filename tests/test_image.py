@@ -97,7 +97,7 @@ def test_the_build_secret_is_in_no_layer_history_or_config(base_image, tmp_path)
     assert DUMMY_TOKEN not in h.docker("inspect", base_image).stdout
     # The scan itself works: in the same pass it finds what the image does hold, in
     # its config and in a layer's file.
-    in_config, in_layer = b"HANDLER_PATH=/app/handler.py", b"# Handler development notebook"
+    in_config, in_layer = b"HANDLER_PATH=/app/handler.py", b"# Your handler"
     hits = h.save_search(base_image, [needle, in_config, in_layer], tmp_path)
     assert hits[needle] == [], f"the secret is in {hits[needle]}"
     assert hits[in_config] and any("layer.tar:" in where for where in hits[in_layer]), hits

@@ -56,9 +56,14 @@ def tagged(nb):
 
 
 def title(cell) -> str:
-    """What a test cell checks: its first line below the markers (a comment, mostly)."""
-    first = markers.body(cell)[0].splitlines()[0].strip()
-    return first.lstrip("# ") if first.startswith("#") else first
+    """What a test cell checks: its opening comment, else its first line of code."""
+    lines = markers.body(cell)[0].splitlines()
+    comment = []
+    for line in lines:
+        if not line.lstrip().startswith("#"):
+            break
+        comment.append(line.strip().lstrip("# "))
+    return " ".join(comment) or (lines[0].strip() if lines else "")
 
 
 def first_failure(executed, original, shown: str) -> Problem:
