@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 from pathlib import Path
 
+import psutil
 import pytest
 from browser import CHROMIUM, run_all_then_generate
 from browser import launch as browser_launch
@@ -56,7 +58,19 @@ def start_jupyter(tmp_path, **env):
         wait_for_jupyter(run)
         yield f"http://127.0.0.1:{env['JUPYTER_PORT']}"
     finally:
+        kill_kernels(run.proc.pid)
         run.kill_group()
+
+
+def kill_kernels(pid):
+    """Jupyter starts each kernel in a process group of its own, which start.sh's group
+    does not hold, and a kernel's vLLM engine (in the kernel's group) would outlive it."""
+    for child in psutil.Process(pid).children(recursive=True):
+        try:
+            if "ipykernel" in " ".join(child.cmdline()):
+                os.killpg(child.pid, signal.SIGKILL)
+        except (psutil.Error, ProcessLookupError):
+            pass
 
 
 @pytest.fixture
