@@ -172,13 +172,13 @@ def _own_nodes(func):
             stack.extend(ast.iter_child_nodes(node))
 
 
-def _display_path(path: Path) -> str:
+def display_path(path: Path) -> str:
     """Path as shown in messages and the header: relative to its project, so that every
     clone, and an export from inside Jupyter or from `make`, write the same file."""
-    return path.resolve().relative_to(_project_root(path)).as_posix()
+    return path.resolve().relative_to(project_root(path)).as_posix()
 
 
-def _project_root(notebook: Path) -> Path:
+def project_root(notebook: Path) -> Path:
     """The clone the notebook is in (nearest folder with .git), else the folder above its
     `notebooks/` folder (a pod's /workspace, the image's kit), else its own folder."""
     folders = notebook.resolve().parents
@@ -189,7 +189,7 @@ def _project_root(notebook: Path) -> Path:
 def export(notebook: Path) -> str:
     """Return the text of handler.py for ``notebook``; raise ExportError on any problem."""
     notebook = Path(notebook)
-    shown = _display_path(notebook)
+    shown = display_path(notebook)
     try:
         nb = nbformat.read(notebook, as_version=4)
     except (OSError, ValueError) as err:
@@ -237,7 +237,7 @@ def export_notebook(notebook: str | Path | None = None,
     notebook = Path(notebook)
     if not notebook.is_absolute() and not notebook.exists():  # a path under Jupyter's root
         notebook = Path.cwd() / notebook.name  # the kernel runs in the notebook's folder
-    output = Path(output) if output else _project_root(notebook) / "build" / "handler.py"
+    output = Path(output) if output else project_root(notebook) / "build" / "handler.py"
     text = export(notebook)
     write(output, text)
     saved = time.strftime("%H:%M:%S", time.localtime(notebook.stat().st_mtime))

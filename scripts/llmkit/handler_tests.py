@@ -88,7 +88,7 @@ def run(notebook: Path, output: Path, parameters: dict, timeout: int = 900) -> l
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
-    shown = export._display_path(notebook)
+    shown = export.display_path(notebook)
     try:
         original = nbformat.read(notebook, as_version=4)
     except (OSError, ValueError) as err:
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     notebook = args.notebook.resolve()
     output = args.output or \
-        export._project_root(notebook) / "build" / f"{notebook.stem}.tested.ipynb"
+        export.project_root(notebook) / "build" / f"{notebook.stem}.tested.ipynb"
     problems = run(notebook, output, dict(args.parameter))
     for problem in problems:
         print(f"FAILED {problem}", file=sys.stderr)
