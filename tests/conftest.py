@@ -54,6 +54,12 @@ def pytest_collection_modifyitems(config, items):
     xdist_groups.assign(config, items)
 
 
+def pytest_configure(config):
+    # On xdist's controller only (its workers have `workerinput`): where the time went.
+    if config.getoption("dist", "no") == "loadgroup" and not hasattr(config, "workerinput"):
+        config.pluginmanager.register(xdist_groups.Timeline(), "xdist-timeline")
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT

@@ -17,6 +17,10 @@ TOY = {
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         import xdist_groups
 
+        def pytest_configure(config):
+            if config.getoption("dist", "no") == "loadgroup" and not hasattr(config, "workerinput"):
+                config.pluginmanager.register(xdist_groups.Timeline(), "xdist-timeline")
+
         def pytest_collection_modifyitems(config, items):
             xdist_groups.assign(config, items)
         """,
@@ -66,6 +70,10 @@ def test_each_group_runs_whole_on_one_worker_and_the_image_group_first(tmp_path)
     image_worker = workers["docker"].pop()
     first = next(t for w, t in ran if w == image_worker)
     assert first.endswith("@docker"), ran
+    # The closing summary: each worker's groups, with their spans.
+    summary = proc.stdout.split("time by worker and group", 1)[1]
+    assert re.search(rf"^{image_worker}: ends at \d+ s, \d+ s in 1 groups$", summary, re.M), summary
+    assert re.search(r"^ +\d+ s  docker  \(\d+-\d+\)$", summary, re.M), summary
 
 
 @pytest.mark.parametrize("args", [[], ["-n", "0"]])

@@ -10,6 +10,8 @@ A group runs whole on one worker, in collection order:
 
 from __future__ import annotations
 
+import time
+
 IMAGE_GROUP = "docker"
 
 
@@ -34,3 +36,34 @@ def _join(item, name: str) -> None:
     ``item._nodeid``, which pytest 9 no longer reads (a node's id is ``item._id``), so its
     mark groups nothing. tests/test_xdist_groups.py checks that this does."""
     item._id = type(item._id).parse(f"{item.nodeid}@{name}")
+
+
+class Timeline:
+    """Where `make test`'s wall time went: each group's span on its worker, printed at the
+    end of the run (registered by conftest on the xdist controller). The longer worker is
+    the run's critical path, and its largest groups are what to cut to make CI faster."""
+
+    def __init__(self) -> None:
+        self.start = time.monotonic()
+        self.spans: dict[tuple[str, str], list[float]] = {}  # (worker, group) -> [first, last]
+
+    def pytest_runtest_logreport(self, report) -> None:
+        worker = getattr(getattr(getattr(report, "node", None), "gateway", None), "id", "?")
+        group_name = report.nodeid.rsplit("@", 1)[-1] if "@" in report.nodeid else "?"
+        now = time.monotonic() - self.start
+        span = self.spans.setdefault((worker, group_name), [now - report.duration, now])
+        span[1] = now
+
+    def pytest_terminal_summary(self, terminalreporter) -> None:
+        if not self.spans:
+            return
+        write = terminalreporter.write_line
+        terminalreporter.section("time by worker and group (wall seconds)")
+        for worker in sorted({w for w, _ in self.spans}):
+            groups = sorted(((g, s) for (w, g), s in self.spans.items() if w == worker),
+                            key=lambda item: item[1][0])
+            busy = sum(last - first for _, (first, last) in groups)
+            end = max(last for _, (_, last) in groups)
+            write(f"{worker}: ends at {end:.0f} s, {busy:.0f} s in {len(groups)} groups")
+            for name, (first, last) in sorted(groups, key=lambda g: g[1][0] - g[1][1])[:12]:
+                write(f"  {last - first:6.0f} s  {name}  ({first:.0f}-{last:.0f})")
