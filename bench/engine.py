@@ -40,7 +40,7 @@ class InProcess:
         request = inputs.read_input({"input": inp})
         ids = sampling.prompt_token_ids(self.engine, request.prompt, request.messages)
         return ids, sampling.sampling_params(request.sampling, len(ids), self.limit,
-                                             request.stream, self.settings.default_max_tokens)
+                                             request.stream, self.settings.kit.default_max_tokens)
 
     async def raw_job(self, inp: dict, prepared=None) -> JobStats:
         """vLLM's engine called directly; token ids and params prepared beforehand."""

@@ -20,8 +20,7 @@ MODE_TO_RUN="${MODE_TO_RUN:-pod}"
 PYTHON="${PYTHON:-python3}"                         # runs the worker and Jupyter Lab
 HANDLER_PATH="${HANDLER_PATH:-/app/handler.py}"     # the exported worker
 WORKER_DIR="${WORKER_DIR:-}"                        # empty: a fresh temporary folder
-# SSH
-SSH_PORT="${SSH_PORT:-22}"
+# SSH (its port, like Jupyter's and the worker's, is a checked setting: check_settings)
 SSHD="${SSHD:-/usr/sbin/sshd}"
 SSHD_CONFIG="${SSHD_CONFIG:-/etc/ssh/sshd_config}"
 SSH_HOST_KEY_DIR="${SSH_HOST_KEY_DIR:-/etc/ssh}"
@@ -30,7 +29,6 @@ AUTHORIZED_KEYS_FILE="${AUTHORIZED_KEYS_FILE:-${HOME:-/root}/.ssh/authorized_key
 RUNPOD_ENV_FILE="${RUNPOD_ENV_FILE:-/etc/rp_environment}"
 SHELL_RC_FILE="${SHELL_RC_FILE:-${HOME:-/root}/.bashrc}"
 # Jupyter Lab
-JUPYTER_PORT="${JUPYTER_PORT:-8888}"
 JUPYTER_IP="${JUPYTER_IP:-0.0.0.0}"
 NOTEBOOK_DIR="${NOTEBOOK_DIR:-/workspace/notebooks}"
 NOTEBOOK_SEED_DIR="${NOTEBOOK_SEED_DIR:-/opt/runpod-llm-kit/notebooks}"
@@ -56,37 +54,15 @@ die() {
 
 # --- checks: fail at once, with the setting's name, before anything starts -----
 
-check_mode() {
-    # Runpod's template form invites "Serverless"; accept any case.
-    MODE_TO_RUN="$(printf '%s' "$MODE_TO_RUN" | tr '[:upper:]' '[:lower:]' | tr -d '[:space:]')"
-    MODE_TO_RUN="${MODE_TO_RUN:-pod}"
-    case "$MODE_TO_RUN" in
-        pod | serverless | both | lb) ;;
-        *) die "MODE_TO_RUN='${MODE_TO_RUN}' is not valid: expected pod, serverless, both or lb" ;;
-    esac
-}
-
-# check_int NAME MIN MAX: the variable, if set, must be a whole number in range.
-# The same bounds as the handler's, so a bad template fails here with the
-# setting's name instead of deep inside the worker.
-check_int() {
-    local name="$1" min="$2" max="$3" value
-    value="${!name:-}"
-    value="${value//[[:space:]]/}"
-    [[ -z "$value" ]] && return 0
-    if ! [[ "$value" =~ ^[0-9]{1,9}$ ]] || ((10#$value < min || 10#$value > max)); then
-        die "${name}='${!name}' is not valid: expected an integer from ${min} to ${max}"
-    fi
-}
-
+# The kit's settings are declared, with their bounds, in one place: the runtime's
+# kit_settings.py. It prints the checked values this script uses (MODE_TO_RUN in lower
+# case, the ports, ...), or one line naming a bad one. vLLM's own settings
+# (MAX_MODEL_LEN, ...) are checked by vLLM's parser when the worker starts.
 check_settings() {
-    check_mode
-    check_int CONCURRENCY_MODIFIER 1 1024
-    check_int MAX_MODEL_LEN 16 999999999
-    check_int SSH_PORT 1 65535
-    check_int JUPYTER_PORT 1 65535
-    check_int PORT 1 65535
-    check_int PORT_HEALTH 1 65535
+    local checked
+    checked="$("$PYTHON" -m llmkit.runtime.kit_settings --shell 2>&1)" || die "$checked"
+    eval "$checked"
+    export MODE_TO_RUN CONCURRENCY_MODIFIER SSH_PORT JUPYTER_PORT PORT PORT_HEALTH
     if [[ "$MODE_TO_RUN" != pod && ! -f "$HANDLER_PATH" ]]; then
         die "HANDLER_PATH=${HANDLER_PATH} does not exist: export the notebook (make export-handler) and build the iteration image"
     fi
@@ -350,9 +326,9 @@ exec_worker() {
         log "worker: HANDLER_RELOAD=${HANDLER_RELOAD}: a new ${HANDLER_PATH} is served without a restart"
     fi
     if [[ "$MODE_TO_RUN" == lb ]]; then
-        log "worker: HTTP on port ${PORT:-80}, /ping on port ${PORT_HEALTH:-${PORT:-80}} (a load-balancing endpoint)"
+        log "worker: HTTP on port ${PORT}, /ping on port ${PORT_HEALTH} (a load-balancing endpoint)"
     fi
-    log "worker: ${PYTHON} ${HANDLER_PATH} (MODEL=${MODEL:-unset}, CONCURRENCY_MODIFIER=${CONCURRENCY_MODIFIER:-1})"
+    log "worker: ${PYTHON} ${HANDLER_PATH} (MODEL=${MODEL:-unset}, CONCURRENCY_MODIFIER=${CONCURRENCY_MODIFIER})"
     exec "$PYTHON" -u "$HANDLER_PATH"
 }
 

@@ -71,7 +71,7 @@ def test_import_starts_no_engine(handler_path, tiny_model_dir):
         "assert not vllm_engine.running()\n"
         "assert mp.active_children() == [], mp.active_children()\n"
         "s = settings()\n"
-        "print('ok', s.concurrency_modifier, s.engine_args['dtype'], s.engine_args['model'])\n"
+        "print('ok', s.kit.concurrency_modifier, s.engine_args['dtype'], s.engine_args['model'])\n"
     )
     result = run_handler_code(handler_path, code, MODEL=str(tiny_model_dir),
                               CONCURRENCY_MODIFIER="3")

@@ -71,8 +71,8 @@ def test_log_level_names_the_level(raw, level):
 
 
 def test_a_bad_log_level_is_an_error_naming_the_variable():
-    with pytest.raises(SettingsError, match=r"^LOG_LEVEL='loud' is not valid: expected one of "
-                                            r"DEBUG, INFO, WARNING, ERROR$"):
+    with pytest.raises(SettingsError, match=r"^LOG_LEVEL='loud' is not valid: expected "
+                                            r"DEBUG, INFO, WARNING or ERROR$"):
         logs.level({"LOG_LEVEL": "loud"})
 
 

@@ -153,8 +153,8 @@ def test_changed_engine_settings_are_reported(handler_file, monkeypatch):
 def test_the_reload_setting_is_checked_by_name():
     from llmkit.runtime import config
 
-    assert config.load({"MODEL": "m"}).handler_reload is False
-    assert config.load({"MODEL": "m", "HANDLER_RELOAD": "true"}).handler_reload is True
+    assert config.load({"MODEL": "m"}).kit.handler_reload is False
+    assert config.load({"MODEL": "m", "HANDLER_RELOAD": "true"}).kit.handler_reload is True
     with pytest.raises(config.SettingsError, match="HANDLER_RELOAD='sometimes' is not valid: "
                        "expected true or false"):
         config.load({"MODEL": "m", "HANDLER_RELOAD": "sometimes"})

@@ -31,8 +31,8 @@ def run_job(handler, job_input):
 def interval(handler, request, monkeypatch):
     """Set the runtime's STREAM_INTERVAL_MS and STREAM_INTERVAL_MAX_MS for one test."""
     settings = vllm_engine.settings()
-    monkeypatch.setattr(settings, "stream_interval_ms", request.param[0])
-    monkeypatch.setattr(settings, "stream_interval_max_ms", request.param[1])
+    monkeypatch.setattr(settings, "kit", settings.kit.model_copy(update={
+        "stream_interval_ms": request.param[0], "stream_interval_max_ms": request.param[1]}))
     return request.param
 
 
@@ -187,7 +187,7 @@ def test_chat_messages_use_the_chat_template(handler):
 
 
 def test_default_max_tokens_is_useful_and_bounded_by_the_context(handler):
-    default = vllm_engine.settings().default_max_tokens
+    default = vllm_engine.settings().kit.default_max_tokens
     params = sampling.sampling_params({}, prompt_len=10, limit=4096, stream=False,
                                       default_max_tokens=default)
     assert params.max_tokens == default == 512  # not vLLM's 16

@@ -39,13 +39,15 @@ def test_any_engine_argument_is_set_by_its_upper_snake_name(config, tiny_model_d
 
 def test_the_kits_own_settings_and_their_defaults(config, tiny_model_dir):
     default = config.load({"MODEL": str(tiny_model_dir)})
-    assert (default.concurrency_modifier, default.default_max_tokens,
-            default.stream_interval_ms, default.stream_interval_max_ms) == (1, 512, 100, 500)
+    kit = default.kit
+    assert (kit.concurrency_modifier, kit.default_max_tokens, kit.stream_interval_ms,
+            kit.stream_interval_max_ms) == (1, 512, 100, 500)
     set_ = config.load({"MODEL": str(tiny_model_dir), "CONCURRENCY_MODIFIER": "3",
                         "DEFAULT_MAX_TOKENS": "64", "STREAM_INTERVAL_MS": "0",
                         "STREAM_INTERVAL_MAX_MS": "0"})
-    assert (set_.concurrency_modifier, set_.default_max_tokens, set_.stream_interval_ms,
-            set_.stream_interval_max_ms) == (3, 64, 0, 0)
+    kit = set_.kit
+    assert (kit.concurrency_modifier, kit.default_max_tokens, kit.stream_interval_ms,
+            kit.stream_interval_max_ms) == (3, 64, 0, 0)
 
 
 def test_the_served_model_name_defaults_to_the_model_id(config, tiny_model_dir):
@@ -82,7 +84,7 @@ def test_on_a_cpu_each_parallel_rank_gets_its_own_cores(config):
     ("CONCURRENCY_MODIFIER", "zero", "CONCURRENCY_MODIFIER='zero' is not valid"),
     ("CONCURRENCY_MODIFIER", "0", "an integer from 1 to 1024"),
     ("ENFORCE_EAGER", "maybe", "ENFORCE_EAGER='maybe' is not valid: expected true or false"),
-    ("LOG_LEVEL", "loud", "LOG_LEVEL='loud' is not valid: expected one of DEBUG, INFO, WARNING"),
+    ("LOG_LEVEL", "loud", "LOG_LEVEL='loud' is not valid: expected DEBUG, INFO, WARNING or ERROR"),
     # vLLM's own engine arguments, checked by vLLM's own parser (its configs check the
     # rest when the engine is made: tests/test_handler_file.py starts workers for those).
     ("MAX_MODEL_LEN", "4q", "MAX_MODEL_LEN='4q' is not valid: invalid"),

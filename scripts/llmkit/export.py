@@ -34,6 +34,7 @@ from nbconvert.preprocessors import Preprocessor
 
 from llmkit import markers
 from llmkit.paths import REPO_ROOT
+from llmkit.runtime import kit_settings
 from llmkit.runtime.versions import API_VERSION
 
 EXPORT_TAG = "export"
@@ -243,7 +244,7 @@ def export_notebook(notebook: str | Path | None = None,
     saved = time.strftime("%H:%M:%S", time.localtime(notebook.stat().st_mtime))
     print(f"wrote {output} from {notebook} (saved at {saved})")
     target = os.environ.get("HANDLER_PATH", "")
-    if os.environ.get("MODE_TO_RUN", "").strip().lower() == "both" and target \
+    if kit_settings.get("mode_to_run") == "both" and target \
             and Path(target).resolve() != output.resolve():
         write(Path(target), text)
         print(f"installed at {target}: the worker serves it within seconds")

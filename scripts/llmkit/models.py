@@ -97,9 +97,9 @@ def _from_hub_cache(repo_id: str) -> Path:
     under its hub name, then the local Hugging Face cache, by the same lookup."""
     from huggingface_hub.constants import HF_HUB_CACHE
 
-    from llmkit.runtime import model_cache
+    from llmkit.runtime import kit_settings, model_cache
 
-    revision = os.environ.get("MODEL_REVISION", "").strip()
+    revision = kit_settings.get("model_revision")
     try:
         snapshot = model_cache.find(repo_id, revision)
     except model_cache.CachedModelMissing as err:

@@ -23,7 +23,8 @@ The public API:
   API_VERSION                               this runtime's API; handler.py states the one it needs
 
 The modules, each read in one sitting: vllm_api.py (the one module that imports vLLM: each
-name the kit takes from it, and why), config.py (the environment's settings), vllm_engine.py
+name the kit takes from it, and why), kit_settings.py (the kit's own settings, each
+declared once), config.py (the environment's settings, vLLM's by its parser), vllm_engine.py
 (vLLM's engine and its lifetime), inputs.py and sampling.py (input checks, vLLM's
 SamplingParams), generation.py (cancellation, abort, stream batching), vllm_app.py (`vllm
 serve`'s own app, in process), openai_route.py (queue jobs for its routes), errors.py

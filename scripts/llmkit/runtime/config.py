@@ -1,7 +1,8 @@
 """The worker's settings, read from environment variables when the engine starts.
 
 Two kinds, each checked with a message that names the variable:
-* the kit's own (`CONCURRENCY_MODIFIER`, `DEFAULT_MAX_TOKENS`, `STREAM_INTERVAL_MS`, ...);
+* the kit's own (`CONCURRENCY_MODIFIER`, `DEFAULT_MAX_TOKENS`, `STREAM_INTERVAL_MS`, ...),
+  declared in kit_settings.py;
 * vLLM's: every argument of its engine and of its OpenAI serving layer, by its own name in
   UPPER_SNAKE (--max-model-len is MAX_MODEL_LEN), parsed and checked by the parser of
   `vllm serve` itself, so no list here goes stale.
@@ -16,7 +17,7 @@ import json
 import os
 import re
 
-from llmkit.runtime import logs, model_cache
+from llmkit.runtime import kit_settings, logs, model_cache
 from llmkit.runtime.errors import SettingsError
 from llmkit.runtime.vllm_api import (
     AsyncEngineArgs,
@@ -66,9 +67,7 @@ OTHER_PREFIXES = ("RUNPOD_", "VLLM_", "HF_HUB_", "CUDA_", "NCCL_", "NVIDIA_", "P
                   "XDG_", "JUPYTER", "SSH", "OMP_", "KMP_", "MKL_", "TORCH", "PIP_", "UV_",
                   "DEBIAN", "DOCKER", "GIT_", "STREAM_INTERVAL", "HANDLER_", "WORKER_LOOP",
                   "MODEL_", "PYTEST")
-KIT_VARIABLES = {"MODE_TO_RUN", "CONCURRENCY_MODIFIER", "DEFAULT_MAX_TOKENS", "MODEL_ID",
-                 "OPENAI_SERVED_MODEL_NAME_OVERRIDE", "PORT_HEALTH", "PUBLIC_KEY",
-                 "JUPYTER_PASSWORD", "HANDLER_PATH"}
+KIT_VARIABLES = kit_settings.VARIABLES | {"PUBLIC_KEY", "JUPYTER_PASSWORD", "HANDLER_PATH"}
 # The kit's defaults where vLLM's do not suit it; any of them can be set by its name.
 KIT_ENGINE_DEFAULTS = {
     # float32 batches 4x faster than bfloat16 on a CPU without native bf16; graph capture
@@ -81,15 +80,7 @@ KIT_ENGINE_DEFAULTS = {
 @dataclasses.dataclass
 class Settings:
     model: str
-    concurrency_modifier: int
-    default_max_tokens: int
-    # Stream mode: a job's first text goes out at once; then chunks are at least
-    # stream_interval_ms apart, the gap doubling per chunk up to stream_interval_max_ms.
-    # Short answers stream smoothly and a long one makes at most 2 HTTP posts a second:
-    # each post costs CPU that, on a small machine, the engine misses. 0: every step.
-    stream_interval_ms: int
-    stream_interval_max_ms: int
-    handler_reload: bool  # watch handler.py and serve each new version (reload.py)
+    kit: kit_settings.Settings  # the kit's own (CONCURRENCY_MODIFIER, ...), from settings.py
     serve_args: argparse.Namespace  # vLLM's parsed `vllm serve` arguments
     used: dict  # the variables that set them
     engine_args: dict  # the engine arguments set; the rest are `vllm serve`'s defaults
@@ -106,35 +97,12 @@ class Settings:
 
 def load(environ=os.environ) -> Settings:
     """The settings in ``environ``; raises SettingsError naming the first bad one."""
-    def var(name, parse, default, check=None, expected=""):
-        raw = environ.get(name, "").strip()
-        if not raw:
-            return default
-        try:
-            value = parse(raw)
-        except ValueError:
-            raise SettingsError(f"{name}={raw!r} is not valid: expected {expected}") from None
-        if check is not None and not check(value):
-            raise SettingsError(f"{name}={raw!r} is not valid: expected {expected}")
-        return value
-
-    model, name = cached_model(environ)
-    concurrency = var("CONCURRENCY_MODIFIER", int, 1, lambda v: 1 <= v <= 1024,
-                      "an integer from 1 to 1024")
-    max_tokens = var("DEFAULT_MAX_TOKENS", int, 512, lambda v: v >= 1, "an integer >= 1")
-    interval = var("STREAM_INTERVAL_MS", int, 100, lambda v: 0 <= v <= 60_000,
-                   "an integer from 0 to 60000")
-    interval_max = var("STREAM_INTERVAL_MAX_MS", int, max(500, interval),
-                       lambda v: interval <= v <= 60_000,
-                       f"an integer from STREAM_INTERVAL_MS ({interval}) to 60000")
-    reload = var("HANDLER_RELOAD", _bool, False, expected="true or false")
-    logs.level(environ)  # a bad LOG_LEVEL stops the worker here, before any job
-    serve_args, used = engine_settings(environ, model, name)
+    kit = kit_settings.read(environ)  # a bad value of the kit's stops the worker here
+    model, name = cached_model(environ, kit)
+    serve_args, used = engine_settings(environ, model, name, kit)
     defaults = vars(make_arg_parser(_Parser()).parse_args([]))
     return Settings(
-        model=model, concurrency_modifier=concurrency, default_max_tokens=max_tokens,
-        stream_interval_ms=interval, stream_interval_max_ms=interval_max,
-        handler_reload=reload, serve_args=serve_args, used=used,
+        model=model, kit=kit, serve_args=serve_args, used=used,
         engine_args={k: v for k, v in vars(serve_args).items()
                      if k == "model" or k in _ENGINE_FIELDS and v != defaults.get(k)})
 
@@ -142,16 +110,14 @@ def load(environ=os.environ) -> Settings:
 _announced: set = set()
 
 
-def cached_model(environ):
+def cached_model(environ, kit):
     """(the folder vLLM loads, its default served name) for MODEL. A repo id (org/name)
     is a snapshot in Runpod's model cache (model_cache.py), served as org/name; anything
     else (a folder, a baked model, the embedded default's name) goes to vLLM as it is."""
-    model = environ.get("MODEL", "").strip()
+    model = kit.model
     if not model_cache.is_repo_id(model):  # "SmolLM2-135M-Instruct" (the default) is not
         return model, None
-    snapshot = model_cache.find(model, environ.get("MODEL_REVISION", ""),
-                                environ.get(model_cache.CACHE_DIR_VAR, "").strip()
-                                or model_cache.DEFAULT_CACHE_DIR)
+    snapshot = model_cache.find(model, kit.model_revision, kit.model_cache_dir)
     _say_once(snapshot.describe(model), log.info)
     return str(snapshot.folder), model
 
@@ -188,14 +154,13 @@ class _Parser(FlexibleArgumentParser):
 _ENGINE_FIELDS = {f.name for f in dataclasses.fields(AsyncEngineArgs)}
 
 
-def engine_settings(environ, model, name=None):
+def engine_settings(environ, model, name, kit):
     """vLLM's parsed `vllm serve` arguments from ``environ``, and the variables that set them.
     The served model name: MODEL_ID, else ``name``, else the model folder's name."""
     parser = make_arg_parser(_Parser())
     own = _ENGINE_FIELDS | {f.name for f in dataclasses.fields(BaseFrontendArgs)}
     actions = {a.dest.upper(): a for a in parser._actions if a.dest in own and a.option_strings}
-    served = (environ.get("MODEL_ID", "").strip() or name
-              or os.path.basename(model.rstrip("/")))
+    served = kit.model_id or name or os.path.basename(model.rstrip("/"))
     parser.set_defaults(model=model, served_model_name=[served] if served else None,
                         **KIT_ENGINE_DEFAULTS)
     argv, used = [], {}
@@ -211,7 +176,7 @@ def engine_settings(environ, model, name=None):
         argv += words
         used[name] = raw
     # Runpod's vLLM worker names the OpenAI model name so; it wins over SERVED_MODEL_NAME.
-    override = environ.get("OPENAI_SERVED_MODEL_NAME_OVERRIDE", "").strip()
+    override = kit.openai_served_model_name_override
     if override:
         argv += ["--served-model-name", override]
         used["OPENAI_SERVED_MODEL_NAME_OVERRIDE"] = override

@@ -56,7 +56,7 @@ async def generate(request: Request):
     settings = vllm_engine.settings()
     ids = prompt_token_ids(engine, request.prompt, request.messages)
     params = sampling_params(request.sampling, len(ids), engine.model_config.max_model_len,
-                             request.stream, settings.default_max_tokens)
+                             request.stream, settings.kit.default_max_tokens)
     adapter = await lora_request(request.lora) if request.lora else None
     request_id = f"{request.job_id}-{uuid.uuid4().hex[:8]}"
     done = tie_to_job(engine, request_id, request.job_id)
@@ -65,7 +65,7 @@ async def generate(request: Request):
                             [f for f in PROCESSOR_CHECKS if f in request.sampling])
     pieces = _with_usage(outputs, len(ids))
     if request.stream:
-        async for text, final in gap_batched(pieces, settings, on_end=done):
+        async for text, final in gap_batched(pieces, settings.kit, on_end=done):
             yield Text(text, final)
     else:
         text, final = "", None
@@ -137,14 +137,14 @@ async def _abort(engine, request_id, job_id):
              f"({running} request(s) still running)")
 
 
-async def gap_batched(pieces, settings, on_end=None):
+async def gap_batched(pieces, kit, on_end=None):
     """Join (text, final) pieces as they arrive, into (batch, final) pairs: the first goes
     out at once; then a batch waits until the gap since the last one has passed, the gap
     doubling per batch from STREAM_INTERVAL_MS up to STREAM_INTERVAL_MAX_MS. vLLM merges
     DELTA outputs meanwhile. The final piece (any truthy ``final``) goes out at once, with
     what is pending, even if that is no text: it carries ``final``."""
     pending, last_sent, gap = "", float("-inf"), 0.0
-    first_gap, max_gap = settings.stream_interval_ms / 1000, settings.stream_interval_max_ms / 1000
+    first_gap, max_gap = kit.stream_interval_ms / 1000, kit.stream_interval_max_ms / 1000
     async for piece, final in pieces:
         pending += piece
         now = time.monotonic()

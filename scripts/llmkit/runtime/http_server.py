@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import time
 import uuid
@@ -32,7 +31,7 @@ from aiohttp import web
 
 from llmkit.runtime import logs, vllm_app, vllm_engine
 from llmkit.runtime.error_shapes import anthropic_error, openai_error
-from llmkit.runtime.errors import InputError, SettingsError, log_unexpected
+from llmkit.runtime.errors import InputError, log_unexpected
 from llmkit.runtime.jobs import failure
 from llmkit.runtime.openai_route import answer_chunk, sse_batched
 
@@ -297,18 +296,10 @@ def run(served, start_engine):
     asyncio.run(_main(served, start_engine))
 
 
-def _port(name, default):
-    raw = os.environ.get(name, "").strip() or str(default)
-    if not raw.isdigit() or not 1 <= int(raw) <= 65535:
-        raise SettingsError(f"{name}={raw!r} is not valid: expected a port from 1 to 65535")
-    return int(raw)
-
-
 async def _main(served, start_engine):
-    port = _port("PORT", 80)
-    health_port = _port("PORT_HEALTH", port)
-    host = os.environ.get("HOST", "").strip() or "0.0.0.0"
-    limit = vllm_engine.settings().concurrency_modifier
+    kit = vllm_engine.settings().kit  # checked before vLLM starts: /ping answers meanwhile
+    port, health_port, host = kit.port, kit.port_health, kit.host
+    limit = kit.concurrency_modifier
     server = Server(served, limit)
     apps = [(server.app(health_too=health_port == port), port)]
     if health_port != port:

@@ -22,9 +22,9 @@ import logging
 import os
 import sys
 
+from llmkit.runtime import kit_settings
 from llmkit.runtime.errors import SettingsError
 
-LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _job_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("llmkit_job_id",
                                                                      default=None)
 
@@ -48,13 +48,7 @@ def job_context(job_id):
 
 def level(environ=None) -> int:
     """LOG_LEVEL's level; a SettingsError names a bad value."""
-    raw = (environ if environ is not None else os.environ).get("LOG_LEVEL", "").strip()
-    name = (raw or "INFO").upper()
-    name = {"WARN": "WARNING"}.get(name, name)
-    if name not in LEVELS:
-        raise SettingsError(f"LOG_LEVEL={raw!r} is not valid: expected one of "
-                            f"{', '.join(LEVELS)}")
-    return getattr(logging, name)
+    return getattr(logging, kit_settings.get("log_level", environ))
 
 
 class _Format(logging.Formatter):

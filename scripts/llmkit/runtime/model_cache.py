@@ -25,10 +25,11 @@ import os
 from pathlib import Path
 from typing import NamedTuple
 
+from llmkit.runtime import kit_settings
 from llmkit.runtime.errors import CachedModelMissing
 
 CACHE_DIR_VAR = "MODEL_CACHE_DIR"
-DEFAULT_CACHE_DIR = "/runpod-volume/huggingface-cache/hub"
+DEFAULT_CACHE_DIR = kit_settings.Settings.model_fields["model_cache_dir"].default
 
 
 class Snapshot(NamedTuple):
@@ -50,7 +51,7 @@ def is_repo_id(spec: str) -> bool:
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     """``cache_dir``, else $MODEL_CACHE_DIR, else Runpod's."""
-    return Path(cache_dir or os.environ.get(CACHE_DIR_VAR, "").strip() or DEFAULT_CACHE_DIR)
+    return Path(cache_dir or kit_settings.get("model_cache_dir"))
 
 
 def find(repo_id: str, revision: str = "",

@@ -139,7 +139,7 @@ def answer_chunk(reply, raw, method, path):
 async def sse_batched(reply, job_id, path):
     """vLLM's SSE text, batched like the native stream: the first event at once, then at
     most one string per STREAM_INTERVAL_MS."""
-    async for text, _ in gap_batched(_sse_pieces(reply, job_id, path), vllm_engine.settings()):
+    async for text, _ in gap_batched(_sse_pieces(reply, job_id, path), vllm_engine.settings().kit):
         yield text
 
 

@@ -135,9 +135,8 @@ def settings_changed() -> list[str]:
         return [str(err)]
     names = [k for k in set(running.used) | set(now.used)
              if running.used.get(k) != now.used.get(k)]
-    kit = ("model", "concurrency_modifier", "default_max_tokens", "stream_interval_ms",
-           "stream_interval_max_ms")
-    names += [k.upper() for k in kit if getattr(running, k) != getattr(now, k)]
+    names += ["MODEL"] if running.model != now.model else []
+    names += [k.upper() for k, v in running.kit if getattr(now.kit, k) != v]  # kit_settings.py
     return sorted(names)
 
 

@@ -16,10 +16,9 @@ calls it; it does, in order:
 from __future__ import annotations
 
 import importlib
-import os
 import threading
 
-from llmkit.runtime import reload, vllm_engine
+from llmkit.runtime import kit_settings, reload, vllm_engine
 from llmkit.runtime.jobs import job_function
 from llmkit.runtime.lifecycle import serve_or_die
 from llmkit.runtime.worker_loop import install, quiet_sdk_logs
@@ -36,7 +35,7 @@ def serve(handler, *, chat_messages=None):
 
 
 def _start(served):
-    if os.environ.get("MODE_TO_RUN", "").strip().lower() == "lb":
+    if kit_settings.get("mode_to_run") == "lb":
         return _serve_http(served)
     quiet_sdk_logs()  # before runpod is imported: it reads the level then
     # Importing the runpod SDK takes a second or more (py-cpuinfo probes the CPU). Do it
@@ -47,7 +46,7 @@ def _start(served):
     import runpod  # done by now; raises the real error if the import failed
 
     install(runpod)  # the kit's worker loop (WORKER_LOOP=sdk: the SDK's own)
-    concurrency = vllm_engine.settings().concurrency_modifier
+    concurrency = vllm_engine.settings().kit.concurrency_modifier
     try:
         runpod.serverless.start({
             "handler": job_function(None, current=served.current),
@@ -66,7 +65,7 @@ def _start_engine(served, stopping):
     HANDLER_RELOAD the watcher of the handler's file: the same for both kinds of worker."""
     vllm_engine.engine()
     vllm_engine.exit_when_engine_dies(stopping)
-    if vllm_engine.settings().handler_reload:
+    if vllm_engine.settings().kit.handler_reload:
         reload.Watcher(served).start()
 
 

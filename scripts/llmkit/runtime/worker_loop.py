@@ -32,16 +32,12 @@ import os
 import sys
 import time
 
-from llmkit.runtime import runpod_sdk
-from llmkit.runtime.errors import StartupError, UnknownSDK
+from llmkit.runtime import kit_settings, runpod_sdk
+from llmkit.runtime.errors import UnknownSDK
 
 # The SDK whose JobScaler internals the kit's loop was written against (runpod_sdk.py
 # lists each internal the kit relies on, and the SDK versions it was read from).
 RUNPOD_VERSION = runpod_sdk.PINNED
-# "kit" (the default) or "sdk" (the SDK's own loop, unchanged).
-WORKER_LOOP_VAR = "WORKER_LOOP"
-# Set to 1 to log the kit loop's timeline: each job's end, take and start, and each fetch.
-TRACE_VAR = "WORKER_LOOP_TRACE"
 
 def quiet_sdk_logs():
     """INFO unless RUNPOD_DEBUG_LEVEL (or RUNPOD_LOG_LEVEL) says otherwise.
@@ -80,7 +76,7 @@ def check_sdk(runpod):
         raise UnknownSDK(
             f"the kit's worker loop was written for runpod=={RUNPOD_VERSION} and does not "
             f"recognise this SDK ({'; '.join(problems)}). Install runpod=={RUNPOD_VERSION} "
-            f"(the kit's pin), or set {WORKER_LOOP_VAR}=sdk to run the SDK's own loop.")
+            f"(the kit's pin), or set WORKER_LOOP=sdk to run the SDK's own loop.")
 
 
 def kit_job_scaler(base):
@@ -94,7 +90,7 @@ def kit_job_scaler(base):
             super().__init__(config)
             self._job_ended = asyncio.Event()
             self._taking = True  # get_jobs runs: it may still queue a job it took
-            if os.environ.get(TRACE_VAR, "").strip() in ("1", "true"):
+            if kit_settings.get("worker_loop_trace"):
                 self._trace = _trace
                 self.jobs_fetcher = _traced_fetcher(self.jobs_fetcher)
             self.jobs_fetcher = self._until_shutdown(self.jobs_fetcher)
@@ -222,14 +218,11 @@ def install(runpod):
     """Make runpod.serverless.start run the kit's loop; return "kit" or "sdk".
 
     Call before runpod.serverless.start. Raises UnknownSDK for an SDK whose internals
-    differ, StartupError for a bad WORKER_LOOP.
+    differ, SettingsError for a bad WORKER_LOOP (kit_settings.py).
     """
     from runpod.serverless.modules import rp_scale
 
-    raw = os.environ.get(WORKER_LOOP_VAR, "").strip()
-    choice = raw.lower() or "kit"
-    if choice not in ("kit", "sdk"):
-        raise StartupError(f"{WORKER_LOOP_VAR}={raw!r} is not valid: expected kit or sdk")
+    choice = kit_settings.get("worker_loop")  # a SettingsError (a StartupError) if bad
     if choice == "kit" and not getattr(rp_scale.JobScaler, "kit_loop", False):
         check_sdk(runpod)
         # worker.run_worker builds rp_scale.JobScaler(config): this is the one change.
