@@ -115,7 +115,9 @@ def test_execution_timeout_gives_timed_out_and_aborts(live):
     state = live.wait_status(job_id, timeout=60)
     assert state["status"] == "TIMED_OUT"
     assert state["error"] == "job ran past its execution timeout of 5 s"
-    assert 5000 <= state["executionTime"] < 8000
+    # Stopped at its timeout, not run to its end (its ~2000 tokens take minutes here); the
+    # margin is for a loaded 2-core machine, where the endpoint's clock tick can run late.
+    assert 5000 <= state["executionTime"] < 15000
     assert _abort_line(live, job_id).group(1) == "0"
 
 

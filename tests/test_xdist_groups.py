@@ -23,6 +23,22 @@ TOY = {
 
         def pytest_collection_modifyitems(config, items):
             xdist_groups.assign(config, items)
+
+        import pytest
+
+        @pytest.fixture(scope="session")
+        def live_endpoint():  # as the real one: an engine each worker process would start
+            yield
+        """,
+    # Two modules sharing the live worker: one group, so one worker starts it.
+    "test_live_a.py": """
+        import time
+        def test_a(live_endpoint): time.sleep(0.3)
+        def test_a_plain(): time.sleep(0.3)
+        """,
+    "test_live_b.py": """
+        import time
+        def test_b(live_endpoint): time.sleep(0.3)
         """,
     # A module with a host and a container variant, as endpoint_fixtures.served makes them.
     "test_mixed.py": """
@@ -56,12 +72,16 @@ def test_each_group_runs_whole_on_one_worker_and_the_image_group_first(tmp_path)
         cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     ran = re.findall(r"^\[(gw\d)\] .*PASSED (\S+) *$", proc.stdout, re.M)
-    assert len(ran) == 8, proc.stdout
+    assert len(ran) == 11, proc.stdout
     workers: dict[str, set] = {}
     for worker, test in ran:
         workers.setdefault(test.rsplit("@", 1)[1], set()).add(worker)
     assert {g: len(w) for g, w in workers.items()} == {
-        "docker": 1, "test_mixed": 1, "test_host": 1}, ran
+        "docker": 1, "test_mixed": 1, "test_host": 1, "live-worker": 1}, ran
+    live = sorted(t for _, t in ran if t.endswith("@live-worker"))
+    assert live == ["test_live_a.py::test_a@live-worker",
+                    "test_live_a.py::test_a_plain@live-worker",
+                    "test_live_b.py::test_b@live-worker"], ran
     docker = [t for _, t in ran if t.endswith("@docker")]
     assert sorted(docker) == ["test_images.py::test_build@docker",
                               "test_images.py::test_run@docker",
@@ -72,7 +92,8 @@ def test_each_group_runs_whole_on_one_worker_and_the_image_group_first(tmp_path)
     assert first.endswith("@docker"), ran
     # The closing summary: each worker's groups, with their spans.
     summary = proc.stdout.split("time by worker and group", 1)[1]
-    assert re.search(rf"^{image_worker}: ends at \d+ s, \d+ s in 1 groups$", summary, re.M), summary
+    assert re.search(rf"^{image_worker}: ends at \d+ s, \d+ s in \d+ groups$", summary,
+                     re.M), summary
     assert re.search(r"^ +\d+ s  docker  \(\d+-\d+\)$", summary, re.M), summary
 
 
