@@ -15,6 +15,8 @@ def _run(jobs: int = 20) -> tuple[dict, str]:
                       "output": None if bad else [{"text": "hi"}], "latency_s": 0.1}
     health = {"jobs": {"completed": jobs - 2, "failed": 2, "inProgress": 0, "inQueue": 0}}
     log = "\n".join(f"job job-{i} -> worker-1 (waited 0.0 s)" for i in range(jobs))
+    log += "".join(f'\n[worker-1] {{"requestId": "job-{i}", "message": "failed on its input: '
+                   f'{load.BAD_MESSAGE}", "level": "INFO"}}' for i in range(0, jobs, 10))
     return {"results": results, "elapsed_s": 1.0, "health": health}, log
 
 
@@ -51,3 +53,11 @@ def test_a_job_handed_out_twice_or_lost_is_reported():
     problems = load.check(run, 20, log, load.memory_figures([]))
     assert "1 job(s) never came back to their client" in problems
     assert "1 job(s) handed to a worker more than once: ['job-3']" in problems
+
+
+def test_a_failed_job_the_workers_did_not_log_with_its_id_is_reported():
+    """An operator looks a failed job up by its id: the kit logs why (runtime/jobs.py)."""
+    run, log = _run()
+    log = log.replace('"requestId": "job-10"', '"requestId": null')
+    problems = load.check(run, 20, log, load.memory_figures([]))
+    assert problems == ["1 failed job(s) have no log line with their id and why: ['job-10']"]

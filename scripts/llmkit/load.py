@@ -171,6 +171,12 @@ def check(run: dict, jobs: int, log: str, memory: dict) -> list[str]:
     missing = set(ids) - set(takes)
     if missing:
         problems.append(f"{len(missing)} job(s) never handed to a worker")
+    # An operator finds each failed job in the workers' logs: its id, and why (logs.py).
+    unlogged = [r["id"] for r in results.values() if r["bad"] and not re.search(
+        rf"{re.escape(r['id'])}.*failed on its input: {re.escape(BAD_MESSAGE)}", log)]
+    if unlogged:
+        problems.append(f"{len(unlogged)} failed job(s) have no log line with their id and "
+                        f"why: {unlogged[:3]}")
     if "late result" in log:
         problems.append("a worker posted a result for a job it no longer held")
     counts = run["health"]["jobs"]
@@ -196,6 +202,7 @@ def run_load(endpoint: EndpointProcess, jobs: int, concurrency: int, tokens: int
     finally:
         sampler.stop()
     memory = memory_figures(sampler.samples)
+    log = endpoint.log_text()
     latencies = sorted(r["latency_s"] for r in run["results"].values())
     return {
         "jobs": jobs, "concurrency": concurrency, "tokens_per_job": tokens,
@@ -205,5 +212,8 @@ def run_load(endpoint: EndpointProcess, jobs: int, concurrency: int, tokens: int
         "latency_p95_s": round(latencies[int(len(latencies) * 0.95)], 3) if latencies else None,
         "statuses": dict(Counter(r["status"] for r in run["results"].values())),
         "health": run["health"], "memory": memory, "memory_samples": sampler.samples,
-        "problems": check(run, jobs, endpoint.log_text(), memory),
+        "problems": check(run, jobs, log, memory),
+        # The workers' log lines that name their job (the SDK's and the kit's: logs.py).
+        "log_lines_with_job_id": len(re.findall(
+            r'^\[worker-\d+\] .*(?:"requestId": "[^"]+"|\| [\w-]{8,} \|)', log, re.M)),
     }

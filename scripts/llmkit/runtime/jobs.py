@@ -2,7 +2,9 @@
 
 * OpenAI jobs (`openai_route` in the input) go to the OpenAI route, the rest to the
   handler;
-* an InputError becomes one `{"error": message}` chunk, which fails the job;
+* an InputError becomes one `{"error": message}` chunk, which fails the job, and one log
+  line with the job's id and that message (the field at fault: the kit's messages quote no
+  prompt text);
 * any other error is logged with its traceback, and the client gets one line;
 * the worker goes on either way.
 """
@@ -13,6 +15,8 @@ from llmkit.runtime import logs
 from llmkit.runtime.error_shapes import openai_error
 from llmkit.runtime.errors import InputError, log_unexpected
 from llmkit.runtime.openai_route import is_openai_job, openai_job
+
+log = logs.get("jobs")
 
 
 def job_function(handler, chat_messages=None, *, current=None):
@@ -41,6 +45,7 @@ def failure(err, job_id, openai=False):
     """(the one chunk that fails a job on ``err``, its HTTP status): 400 for an InputError,
     the input's fault; 500 for anything else, logged with its traceback."""
     if isinstance(err, InputError):
+        log.info(f"failed on its input: {str(err):.300}")  # the job's id: logs.job_context
         return (openai_error(400, str(err)) if openai else {"error": str(err)}), 400
     message = log_unexpected(job_id, err)
     return (openai_error(500, message, "InternalServerError") if openai
