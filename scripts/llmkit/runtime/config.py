@@ -126,7 +126,7 @@ def cpu_environment(environ=os.environ, ranks=1):
     """On a CPU, what vLLM's engine processes read at start: the KV cache size in GiB, and
     OpenMP on every core this process may use, which decodes about 1.5x faster than vLLM's
     "auto" (one core kept for its scheduler). Engines sharing a machine want "auto".
-    ``ranks`` (tensor x pipeline parallel) each get their own share of the cores."""
+    ``ranks`` (local_ranks: data x pipeline x tensor parallel) each get their own share."""
     if not ON_CPU:
         return
     environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -183,6 +183,8 @@ def engine_settings(environ, model, name, kit):
     for line in unknown_settings(environ, set(actions)):
         _say_once(line)
     args = parser.parse_args(argv)
+    if ON_CPU and args.pipeline_parallel_size > 1 and args.enforce_eager:
+        compiled_for_pipeline_parallel(args, used)
     try:
         validate_parsed_serve_args(args)
     except (ValueError, TypeError) as err:
@@ -193,6 +195,28 @@ def engine_settings(environ, model, name, kit):
         log.warning("TOOL_CALL_PARSER has no effect without ENABLE_AUTO_TOOL_CHOICE=true: "
                     "vLLM refuses every tool_choice until both are set")
     return args, used
+
+
+def compiled_for_pipeline_parallel(args, used):
+    """vLLM's CPU build (0.32) serves pipeline parallelism only when compiled: in eager mode
+    its model runner skips the warm-up run (cpu_model_runner.warming_up_model), so a later
+    stage never allocates the tensors it receives and fails at the first job. The kit's
+    eager default gives way; ENFORCE_EAGER=true set by hand is refused before any job."""
+    if "ENFORCE_EAGER" in used:
+        raise SettingsError(
+            f"PIPELINE_PARALLEL_SIZE={args.pipeline_parallel_size} with ENFORCE_EAGER=true "
+            "fails at the first job on vLLM's CPU build: leave ENFORCE_EAGER unset (the "
+            "engine compiles its graph at start, about 20 s more)")
+    args.enforce_eager = False
+    _say_once("PIPELINE_PARALLEL_SIZE > 1 on a CPU: the engine is compiled, not eager "
+              "(vLLM's CPU build needs it), which adds about 20 s to its start", log.info)
+
+
+def local_ranks(args) -> int:
+    """The engine processes that run the model on this machine: vLLM's ranks, data x
+    pipeline x tensor parallel (its CPU build binds cores to them in that order)."""
+    data = args.data_parallel_size_local or args.data_parallel_size
+    return data * args.pipeline_parallel_size * args.tensor_parallel_size
 
 
 def unknown_settings(environ, flags):

@@ -7,9 +7,6 @@ or Run All twice, finds the running engine instead of starting a second one besi
 from __future__ import annotations
 
 import gc
-import multiprocessing
-import os
-import signal
 import threading
 import time
 
@@ -34,8 +31,7 @@ def engine():
             if not wanted.model:
                 raise SettingsError("MODEL is not set: point it at a model folder or a baked "
                                     "model")
-            args = wanted.serve_args  # each tensor/pipeline-parallel rank gets its cores
-            config.cpu_environment(ranks=args.tensor_parallel_size * args.pipeline_parallel_size)
+            config.cpu_environment(ranks=config.local_ranks(wanted.serve_args))
             try:
                 _engine = AsyncLLMEngine.from_engine_args(
                     AsyncEngineArgs.from_cli_args(wanted.serve_args))
@@ -76,46 +72,3 @@ def restart_engine():
     """Apply changed settings: stop the running engine first, then start a new one."""
     shutdown_engine()
     return engine()
-
-
-def exit_when_engine_dies(stopping: threading.Event, interval=1.0):
-    """Exit non-zero soon after vLLM's engine dies, so Runpod replaces this worker.
-
-    Otherwise the worker would stay up, taking jobs and failing every one of them.
-    ``stopping`` is set on a requested shutdown, when vLLM stops its engine on purpose.
-    """
-    watched = engine()
-    # vLLM starts its engine processes with multiprocessing: kept here, their exit codes
-    # say how the engine died (vLLM's own log does not).
-    processes = multiprocessing.active_children()
-
-    def watch():
-        while not watched.errored:
-            time.sleep(interval)
-        if stopping.is_set():
-            return
-        log.error(f"vLLM engine died{how_it_died(processes)}: exiting so the platform "
-                  "replaces this worker")
-        time.sleep(2 * interval)  # let the failed job's result go out first
-        os._exit(1)
-
-    threading.Thread(target=watch, name="engine-watchdog", daemon=True).start()
-
-
-def how_it_died(processes) -> str:
-    """" (EngineCore_DP0 was killed by SIGKILL ...)" for the engine processes that ended
-    with an error; "" when none did (vLLM's own loop in this process failed)."""
-    ends = []
-    for process in processes:
-        process.join(timeout=0.5)  # a process vLLM has not waited for yet
-        code = process.exitcode
-        if code is None or code == 0:
-            continue
-        if code < 0:
-            name = signal.Signals(-code).name if -code in signal.valid_signals() else -code
-            hint = (": out of memory? The kernel's OOM killer sends SIGKILL"
-                    if code == -signal.SIGKILL else "")
-            ends.append(f"{process.name} was killed by {name}{hint}")
-        else:
-            ends.append(f"{process.name} exited with code {code}")
-    return f" ({'; '.join(ends)})" if ends else ""

@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib
 import threading
 
-from llmkit.runtime import kit_settings, reload, vllm_engine
+from llmkit.runtime import kit_settings, reload, vllm_engine, watchdog
 from llmkit.runtime.jobs import job_function
 from llmkit.runtime.lifecycle import serve_or_die
 from llmkit.runtime.worker_loop import install, quiet_sdk_logs
@@ -63,8 +63,7 @@ def _start(served):
 def _start_engine(served, stopping):
     """vLLM's engine, the watchdog that exits when it dies (unless ``stopping``), and with
     HANDLER_RELOAD the watcher of the handler's file: the same for both kinds of worker."""
-    vllm_engine.engine()
-    vllm_engine.exit_when_engine_dies(stopping)
+    watchdog.exit_when_engine_dies(vllm_engine.engine(), stopping)
     if vllm_engine.settings().kit.handler_reload:
         reload.Watcher(served).start()
 

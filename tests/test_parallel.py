@@ -1,0 +1,167 @@
+"""vLLM's parallelism through the kit, on vLLM's CPU build with the tiny model, which splits
+(2 attention heads, 2 layers): tensor parallel 2 in a queue worker (a job, an OpenAI
+request, a handler reload, a rank killed mid-job, a clean stop), pipeline parallel 2 in a
+load-balancing worker, data parallel 2 and a restart in the notebook's engine, and tensor
+parallel 2 in the image.
+
+Each rank is a process of its own (VLLM::Worker_TP0, ...), with its own share of the cores.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+
+import psutil
+import pytest
+from openai import OpenAI
+from test_reload_worker import install, source, versions_of, wait_serving
+
+from llmkit.endpoint.harness import EndpointProcess
+from llmkit.job_inputs import exact_tokens
+
+pytest_plugins = ["image_fixtures"]
+pytestmark = [pytest.mark.engine, pytest.mark.timeout(1800)]
+
+JOB = {"prompt": "The quick brown", "sampling_params": {"max_tokens": 8, "temperature": 0}}
+
+
+def ranks(pid: int) -> dict[int, str]:
+    """The engine's rank processes under ``pid``: {pid: "Worker_TP1", ...}."""
+    found = {}
+    for process in psutil.Process(pid).children(recursive=True):
+        try:
+            name = process.name()
+        except psutil.NoSuchProcess:
+            continue
+        if re.fullmatch(r"VLLM::Worker(_\w+)?", name):
+            found[process.pid] = name.removeprefix("VLLM::")
+    return found
+
+
+def family(pid: int) -> list[int]:
+    process = psutil.Process(pid)
+    return [pid, *(p.pid for p in process.children(recursive=True))]
+
+
+def shared_memory(pids) -> set[str]:
+    """The /dev/shm segments these processes have mapped: vLLM's message queues between its
+    processes, and its CPU build's shared-memory all-reduce between ranks."""
+    segments = set()
+    for pid in pids:
+        try:
+            segments |= {m.path for m in psutil.Process(pid).memory_maps()
+                         if m.path.startswith("/dev/shm/")}
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return segments
+
+
+def wait_gone(pids, timeout=30) -> list[int]:
+    """The pids still running after ``timeout`` (zombies count as gone)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = [p for p in pids if psutil.pid_exists(p)
+                and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.2)
+
+
+def openai_client(endpoint: EndpointProcess) -> OpenAI:
+    return OpenAI(base_url=f"{endpoint.base}/{endpoint.endpoint_id}/openai/v1",
+                  api_key=endpoint.api_key, max_retries=0, timeout=120)
+
+
+def chat(client: OpenAI) -> str:
+    model = client.models.list().data[0].id
+    reply = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "Say hello"}], max_tokens=8,
+        temperature=0)
+    assert reply.choices[0].finish_reason in ("stop", "length"), reply
+    return reply.choices[0].message.content
+
+
+# ---- tensor parallel 2 in a queue worker ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tp2(tiny_model_dir, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tp2")
+    handler = folder / "handler.py"
+    handler.write_text(source("v0"))
+    with EndpointProcess(workers=1, concurrency=4, model=tiny_model_dir, handler=handler,
+                         args=["--reload"], endpoint_id="tp2",
+                         env={"TENSOR_PARALLEL_SIZE": "2", "MAX_MODEL_LEN": "2048"},
+                         log_path=folder / "endpoint.log") as endpoint:
+        endpoint.wait_workers(timeout=600)
+        endpoint.handler_file = handler
+        yield endpoint
+
+
+def ready_worker(endpoint) -> dict:
+    (worker,) = [w for w in endpoint.workers() if w["state"] == "ready"]
+    return worker
+
+
+def test_tensor_parallel_2_serves_a_job_and_an_openai_request(tp2):
+    engine = ranks(ready_worker(tp2)["pid"])
+    assert sorted(engine.values()) == ["Worker_TP0", "Worker_TP1"]
+    if len(os.sched_getaffinity(0)) >= 2:  # each rank's threads run on cores of its own
+        shares = [set(psutil.Process(pid).cpu_affinity()) for pid in engine]
+        assert all(shares) and not shares[0] & shares[1], shares
+    state = tp2.runsync(JOB, wait_ms=120000)
+    assert state["status"] == "COMPLETED", state
+    assert "".join(chunk["text"] for chunk in state["output"])
+    assert chat(openai_client(tp2))
+
+
+def test_a_handler_reload_keeps_the_parallel_engine(tp2):
+    pid = ready_worker(tp2)["pid"]
+    before = ranks(pid)
+    install(tp2, source("v1"))
+    wait_serving(tp2, source("v1"))
+    assert versions_of(tp2, JOB)[1] == {"v1"}
+    assert ranks(pid) == before, "the engine's ranks restarted"
+
+
+def test_a_rank_killed_mid_job_fails_the_job_and_the_worker_leaves_nothing(tp2):
+    worker = ready_worker(tp2)
+    engine = ranks(worker["pid"])
+    processes, segments = family(worker["pid"]), shared_memory(family(worker["pid"]))
+    job_id = tp2.run(exact_tokens(1800, "a long answer"))
+    tp2.wait_status(job_id, ("IN_PROGRESS",))
+    time.sleep(0.5)  # decoding
+    victim = next(pid for pid, name in engine.items() if name == "Worker_TP1")
+    os.kill(victim, signal.SIGKILL)
+    state = tp2.wait_final(job_id, timeout=60)
+    assert state["status"] == "FAILED", state
+    exited = wait_exited(tp2, worker["id"])
+    assert exited["exitReason"] == "exited with code 1", exited
+    assert wait_gone(processes) == [], "processes of the dead worker still run"
+    assert {s for s in segments if os.path.exists(s)} == set()
+    assert re.search(r"vLLM engine died \(.*Worker_TP1.*\): exiting", tp2.log_text()), \
+        tp2.log_text()[-3000:]
+
+
+def test_sigterm_stops_every_rank_and_frees_shared_memory(tp2):
+    tp2.wait_workers(timeout=600)  # the endpoint restarted the worker the test above killed
+    worker = ready_worker(tp2)
+    assert len(ranks(worker["pid"])) == 2
+    processes, segments = family(worker["pid"]), shared_memory(family(worker["pid"]))
+    assert segments, "vLLM's ranks share no memory?"
+    os.kill(worker["pid"], signal.SIGTERM)
+    assert wait_exited(tp2, worker["id"])["exitReason"] == "exited with code 0"
+    assert wait_gone(processes) == []
+    assert {s for s in segments if os.path.exists(s)} == set()
+
+
+def wait_exited(endpoint, worker_id, timeout=60):
+    deadline = time.monotonic() + timeout
+    while (worker := next(w for w in endpoint.workers()
+                          if w["id"] == worker_id))["state"] != "exited":
+        assert time.monotonic() < deadline, worker
+        time.sleep(0.2)
+    return worker
