@@ -9,11 +9,16 @@ Each rank is a process of its own (VLLM::Worker_TP0, ...), with its own share of
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
+import image_fixtures
 import psutil
 import pytest
 from openai import OpenAI
@@ -21,6 +26,7 @@ from test_reload_worker import install, source, versions_of, wait_serving
 
 from llmkit.endpoint.harness import EndpointProcess
 from llmkit.job_inputs import exact_tokens
+from llmkit.paths import REPO_ROOT
 
 pytest_plugins = ["image_fixtures"]
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(1800)]
@@ -44,6 +50,19 @@ def ranks(pid: int) -> dict[int, str]:
 def family(pid: int) -> list[int]:
     process = psutil.Process(pid)
     return [pid, *(p.pid for p in process.children(recursive=True))]
+
+
+def engine_processes(pid: int) -> list[int]:
+    """vLLM's processes under ``pid`` (it names them VLLM::...), zombies left out."""
+    found = []
+    for process in psutil.Process(pid).children(recursive=True):
+        try:
+            if process.name().startswith("VLLM::") \
+                    and process.status() != psutil.STATUS_ZOMBIE:
+                found.append(process.pid)
+        except psutil.NoSuchProcess:
+            pass
+    return found
 
 
 def shared_memory(pids) -> set[str]:
@@ -165,3 +184,81 @@ def wait_exited(endpoint, worker_id, timeout=60):
         assert time.monotonic() < deadline, worker
         time.sleep(0.2)
     return worker
+
+
+
+# ---- the notebook's engine: tensor parallel 2, then restart_engine() at data parallel 2 ----
+
+
+def test_the_notebooks_engine_restarts_from_tensor_to_data_parallel_and_leaves_nothing(
+        tiny_model_dir, plain_handler):
+    """As a notebook's cells run: setup() and engine() at tensor parallel 2, a job; setup()
+    at data parallel 2 and restart_engine(), a job; shutdown_engine(). Each engine's ranks
+    and shared memory are gone once the next starts, and all of it at the end."""
+    script = Path(__file__).with_name("parallel_notebook.py")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(REPO_ROOT / "scripts"), str(Path(__file__).parent), str(plain_handler.parent)])}
+    done = subprocess.run([sys.executable, str(script), str(tiny_model_dir)], env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    tensor, data, end = json.loads(done.stdout.strip().splitlines()[-1])
+    assert tensor["ranks"] == ["Worker_TP0", "Worker_TP1"], tensor
+    assert data["ranks"] == ["Worker", "Worker"] and data["cores"] == 2, data  # one per engine
+    assert tensor["text"] and data["text"] == tensor["text"]  # greedy: the same model's text
+    assert not set(tensor["pids"]) & set(data["pids"]) and end["pids"] == [], end
+    assert tensor["segments"] and not set(tensor["segments"]) & set(data["existing"]), data
+    assert end["existing"] == [], end
+
+
+# ---- pipeline parallel 2 in a load-balancing worker ----------------------------------------
+
+
+def test_pipeline_parallel_2_serves_a_load_balancing_worker_and_stops_clean(
+        tmp_path_factory, tiny_model_dir, plain_handler):
+    """MODE_TO_RUN=lb at PIPELINE_PARALLEL_SIZE=2: a native request and an OpenAI request,
+    then SIGTERM, as the platform stops a worker: every rank ends, the memory is freed."""
+    from test_lb_worker import _host, _remove, native
+
+    worker = _host(tmp_path_factory, tiny_model_dir, plain_handler,
+                   {"PIPELINE_PARALLEL_SIZE": "2"})
+    try:
+        pid = worker.process.pid
+        assert sorted(ranks(pid).values()) == ["Worker_PP0", "Worker_PP1"]
+        reply = native(worker, JOB)
+        assert reply.status_code == 200 and reply.json()["output"][0]["text"], reply.text
+        client = OpenAI(base_url=f"{worker.url}/v1", api_key="unused", max_retries=0,
+                        timeout=120)
+        assert chat(client)
+        processes, segments = family(pid), shared_memory(family(pid))
+        worker.terminate()
+        assert worker.process.wait(60) == 0, worker.logs()[-3000:]
+        assert wait_gone(processes) == []
+        assert {s for s in segments if os.path.exists(s)} == set()
+        assert "compiled, not eager" in worker.logs()
+    finally:
+        _remove(worker)
+
+
+# ---- tensor parallel 2 in the image ------------------------------------------------------
+
+
+def needs_image(test):
+    for mark in image_fixtures.NEEDS_IMAGE:
+        test = mark(test)
+    return test
+
+
+@needs_image
+def test_the_image_serves_tensor_parallel_2(tmp_path_factory, base_image, tiny_model_dir,
+                                            plain_handler):
+    mounts, model = image_fixtures.mount_model(tiny_model_dir)
+    mounts += ["-v", f"{plain_handler}:/app/handler.py:ro"]
+    settings = {**model, "TENSOR_PARALLEL_SIZE": "2", "MAX_MODEL_LEN": "2048"}
+    with image_fixtures.container_endpoint(tmp_path_factory, base_image, "tp2-container",
+                                           settings, mounts, endpoint_id="tp2c") as endpoint:
+        state = endpoint.runsync(JOB, wait_ms=120000)
+        assert state["status"] == "COMPLETED", state
+        assert "".join(chunk["text"] for chunk in state["output"])
+        assert chat(openai_client(endpoint))
+        logs = endpoint.container.logs()
+        assert "Worker_TP1" in logs, logs[-3000:]

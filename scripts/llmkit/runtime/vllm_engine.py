@@ -7,6 +7,7 @@ or Run All twice, finds the running engine instead of starting a second one besi
 from __future__ import annotations
 
 import gc
+import multiprocessing
 import threading
 import time
 
@@ -64,6 +65,7 @@ def shutdown_engine():
             log.warning(f"vLLM's engine did not shut down cleanly: "
                         f"{type(error).__name__}: {error}")
         _engine = _settings = None
+        multiprocessing.active_children()  # reaps its ended processes (a notebook lives on)
         gc.collect()  # the front end's share: the tokenizer, the processors
         log.info(f"vLLM's engine shut down in {time.monotonic() - started:.1f} s")
 
