@@ -107,6 +107,14 @@ RUN python3 -m pip freeze | grep -iE '^(torch|vllm|triton)==' > base-pins.txt ||
         python3 -m pip uninstall -y torchvision torchaudio torchcodec; \
     fi \
     && python3 -c 'import vllm, runpod, jupyterlab; print("vllm", vllm.__version__, "runpod", runpod.__version__, "jupyterlab", jupyterlab.__version__)'
+# Ray, for CLUSTER=ray on a Runpod Instant Cluster (docs/SCALING.md): only where asked,
+# pinned. vLLM's GPU image already has the Ray its vLLM was built with, which is kept;
+# vLLM's CPU build cannot run on Ray (CLUSTER=vllm needs no Ray).
+ARG WITH_RAY=""
+ARG RAY_VERSION=2.60.0
+RUN if [ -n "$WITH_RAY" ] && ! python3 -c 'import ray' 2>/dev/null; then \
+        python3 -m pip install --no-cache-dir -c base-pins.txt "ray==${RAY_VERSION}"; \
+    fi
 
 # --- the model, baked once at build time -----------------------------------------
 # MODEL: the kit's embedded SmolLM2-135M-Instruct (the default: converted from the

@@ -7,6 +7,9 @@
 #   MODE_TO_RUN=lb          the exported handler.py as an HTTP server on PORT, for a
 #                           load-balancing endpoint (/ping on PORT_HEALTH)
 #
+# On a Runpod Instant Cluster (CLUSTER=ray or vllm), node 0 does the above with one
+# engine across every node, and the other nodes give it their share and wait.
+#
 # It follows Runpod's own pod start script (PUBLIC_KEY, per-container host keys,
 # JUPYTER_PASSWORD, /etc/rp_environment, /pre_start.sh and /post_start.sh), with
 # two differences: SSH is key-only, and Jupyter Lab never runs without a token.
@@ -62,7 +65,7 @@ check_settings() {
     local checked
     checked="$("$PYTHON" -m llmkit.runtime.kit_settings --shell 2>&1)" || die "$checked"
     eval "$checked"
-    export MODE_TO_RUN CONCURRENCY_MODIFIER SSH_PORT JUPYTER_PORT PORT PORT_HEALTH
+    export MODE_TO_RUN CONCURRENCY_MODIFIER SSH_PORT JUPYTER_PORT PORT PORT_HEALTH CLUSTER
     if [[ "$MODE_TO_RUN" != pod && ! -f "$HANDLER_PATH" ]]; then
         die "HANDLER_PATH=${HANDLER_PATH} does not exist: export the notebook (make export-handler) and build the iteration image"
     fi
@@ -105,6 +108,39 @@ check_shm() {
             "(at least ${SHM_MIN_MB} MiB here). Run the container with --shm-size=1g" \
             "(or --ipc=host); Docker's default is 64 MiB."
     fi
+}
+
+# --- Instant Clusters: one model across pods ---------------------------------------
+
+# Runpod sets NUM_NODES, NODE_RANK, PRIMARY_ADDR and NODE_ADDR on every node; the
+# runtime checks them (cluster.py) and sets the engine's parallelism from them.
+#   CLUSTER=ray   node 0 starts Ray's head and waits for every node; the others join
+#                 it and wait (Runpod's documented way; GPU images: Ray is in them)
+#   CLUSTER=vllm  no Ray: the other nodes run their ranks of node 0's engine
+join_cluster() {
+    [[ "$CLUSTER" == off ]] && return 0
+    local checked
+    checked="$("$PYTHON" -m llmkit.runtime.cluster --shell 2>&1)" || die "$checked"
+    eval "$checked"
+    export NUM_NODES NODE_RANK PRIMARY_ADDR NODE_ADDR
+    # NCCL and Gloo talk over the cluster's own network: the interface with NODE_ADDR.
+    if [[ -n "$NODE_IFNAME" ]]; then
+        export NCCL_SOCKET_IFNAME="${NCCL_SOCKET_IFNAME:-$NODE_IFNAME}"
+        export GLOO_SOCKET_IFNAME="${GLOO_SOCKET_IFNAME:-$NODE_IFNAME}"
+    fi
+    export VLLM_HOST_IP="${VLLM_HOST_IP:-$NODE_ADDR}"
+    log "cluster: node ${NODE_RANK} of ${NUM_NODES} (CLUSTER=${CLUSTER}), at ${NODE_ADDR}; node 0 at ${PRIMARY_ADDR}"
+    if [[ "$CLUSTER" == ray ]]; then
+        command -v ray >/dev/null || die "CLUSTER=ray needs Ray in the image: build it with WITH_RAY=1 (or use CLUSTER=vllm)"
+        if ((NODE_RANK == 0)); then
+            ray start --head --port="$RAY_PORT" --node-ip-address="$NODE_ADDR" --disable-usage-stats
+            "$PYTHON" -m llmkit.runtime.cluster --wait-ray "${CLUSTER_WAIT_S:-600}" || die "not every node joined Ray"
+            return 0
+        fi
+        exec ray start --address="${PRIMARY_ADDR}:${RAY_PORT}" --node-ip-address="$NODE_ADDR" --block
+    fi
+    ((NODE_RANK == 0)) && return 0
+    exec "$PYTHON" -u -m llmkit.runtime.cluster # vLLM's headless mode, until node 0 goes
 }
 
 # --- hooks ----------------------------------------------------------------------
@@ -342,6 +378,7 @@ main() {
     check_shm
     log "MODE_TO_RUN=${MODE_TO_RUN}"
     run_hook pre-start "$PRE_START_SCRIPT"
+    join_cluster # only node 0 of a cluster goes on
     case "$MODE_TO_RUN" in
         pod)
             trap stop_services TERM INT

@@ -1,12 +1,13 @@
 """Run by test_parallel.py in a process of its own, as a notebook's cells would run:
-`python parallel_notebook.py MODEL_DIR` prints one JSON line, what each engine showed."""
+`python parallel_notebook.py MODEL_DIR HANDLER` prints one JSON line, what each engine
+showed. HANDLER: tests/handlers/plain.py, the default handler's shape."""
 
 import asyncio
 import json
 import os
+import runpy
 import sys
 
-from plain import handler  # tests/handlers/plain.py: the default handler's shape
 from test_parallel import engine_processes, ranks, shared_memory
 
 from llmkit.notebook import setup
@@ -25,6 +26,7 @@ def seen(before=()) -> dict:
 
 
 def text() -> str:
+    handler = runpy.run_path(sys.argv[2])["handler"]  # not as __main__: serve() stays off
     return "".join(chunk.get("text", "") for chunk in asyncio.run(run_job(handler, JOB)))
 
 

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from llmkit.paths import REPO_ROOT
-from llmkit.runtime import kit_settings
+from llmkit.runtime import cluster, kit_settings
 from llmkit.runtime.errors import SettingsError
 
 
@@ -76,7 +76,8 @@ def test_start_sh_takes_the_checked_values_and_no_secret():
     assert run.returncode == 0, run.stderr
     assigned = dict(line.split("=", 1) for line in run.stdout.splitlines())
     assert assigned == {"MODE_TO_RUN": "both", "CONCURRENCY_MODIFIER": "1", "SSH_PORT": "22",
-                        "JUPYTER_PORT": "8888", "PORT": "8000", "PORT_HEALTH": "8000"}
+                        "JUPYTER_PORT": "8888", "PORT": "8000", "PORT_HEALTH": "8000",
+                        "CLUSTER": "off", "RAY_PORT": "6379"}
     bad = run_module("--shell", CONCURRENCY_MODIFIER="lots")
     assert (bad.returncode, bad.stdout) == (2, "")
     assert bad.stderr == ("CONCURRENCY_MODIFIER='lots' is not valid: expected an integer "
@@ -92,7 +93,8 @@ def test_the_docs_table_is_the_declarations():
 
 def test_the_runtime_reads_no_setting_of_its_own_outside_the_declarations():
     """Every ``environ.get("NAME")`` in the runtime names a declared setting, or one the
-    platform sets for the worker (RUNPOD_*): a new setting is declared, not read ad hoc."""
+    platform sets for the worker (RUNPOD_*, and an Instant Cluster's NUM_NODES, ...): a new
+    setting is declared, not read ad hoc."""
     read = {}
     for path in sorted((REPO_ROOT / "scripts" / "llmkit" / "runtime").glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
@@ -101,6 +103,7 @@ def test_the_runtime_reads_no_setting_of_its_own_outside_the_declarations():
                     and isinstance(node.args[0], ast.Constant):
                 read.setdefault(node.args[0].value, path.name)
     undeclared = {name: where for name, where in read.items()
-                  if name not in kit_settings.VARIABLES and not name.startswith("RUNPOD_")}
+                  if name not in kit_settings.VARIABLES and not name.startswith("RUNPOD_")
+                  and name not in cluster.RUNPOD_VARIABLES}
     assert undeclared == {}
     assert read, "the walk found no environ.get at all: it is broken"

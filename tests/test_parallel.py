@@ -21,6 +21,7 @@ from pathlib import Path
 import image_fixtures
 import psutil
 import pytest
+import requests
 from openai import OpenAI
 from test_reload_worker import install, source, versions_of, wait_serving
 
@@ -197,8 +198,9 @@ def test_the_notebooks_engine_restarts_from_tensor_to_data_parallel_and_leaves_n
     and shared memory are gone once the next starts, and all of it at the end."""
     script = Path(__file__).with_name("parallel_notebook.py")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(REPO_ROOT / "scripts"), str(Path(__file__).parent), str(plain_handler.parent)])}
-    done = subprocess.run([sys.executable, str(script), str(tiny_model_dir)], env=env,
+        [str(REPO_ROOT / "scripts"), str(Path(__file__).parent)])}
+    done = subprocess.run([sys.executable, str(script), str(tiny_model_dir), str(plain_handler)],
+                          env=env,
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     tensor, data, end = json.loads(done.stdout.strip().splitlines()[-1])
@@ -262,3 +264,59 @@ def test_the_image_serves_tensor_parallel_2(tmp_path_factory, base_image, tiny_m
         assert chat(openai_client(endpoint))
         logs = endpoint.container.logs()
         assert "Worker_TP1" in logs, logs[-3000:]
+
+
+# ---- two nodes of an Instant Cluster: two containers, one model ---------------------------
+
+
+@needs_image
+def test_two_containers_serve_one_model_across_nodes(tmp_path_factory, base_image,
+                                                     tiny_model_dir, plain_handler):
+    """As on a Runpod Instant Cluster of two pods, with CLUSTER=vllm (vLLM's CPU build has no
+    Ray executor): two containers on a Docker network of the test's own making, each with
+    one core and the variables Runpod sets. Node 0 serves a load-balancing worker whose
+    engine is pipeline parallel across both; node 1 runs its half of the model."""
+    import image_harness as h
+    from test_lb_worker import native
+
+    network = f"llmkit-test-cluster-{os.getpid()}"
+    h.docker("network", "create", network)
+    mounts, model = image_fixtures.mount_model(tiny_model_dir)
+    port = h.free_port()
+    head_name = f"{network}-node0"
+    cluster = {**model, "CLUSTER": "vllm", "NUM_NODES": "2", "PRIMARY_ADDR": head_name,
+               "PRIMARY_PORT": "29501", "MAX_MODEL_LEN": "2048"}
+    boxes = []
+    try:
+        boxes.append(h.Container(
+            base_image, "--network", network, "--cpuset-cpus", "0", "-p", f"127.0.0.1:{port}:80",
+            image_fixtures.SHM, *mounts, "-v", f"{plain_handler}:/app/handler.py:ro",
+            name=head_name, env={**cluster, "NODE_RANK": "0", "MODE_TO_RUN": "lb"}))
+        cores = "1" if len(os.sched_getaffinity(0)) > 1 else "0"
+        boxes.append(h.Container(
+            base_image, "--network", network, "--cpuset-cpus", cores, image_fixtures.SHM,
+            *mounts, name=f"{network}-node1", env={**cluster, "NODE_RANK": "1"}))
+        head, other = boxes
+        other.wait_for_log(r"node 1 of 2: serving its share", timeout=300)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 600
+        while True:  # /ping says 200 once the engine across both nodes is up
+            try:
+                if requests.get(f"{url}/ping", timeout=5).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            assert head.running() and other.running(), head.logs()[-3000:] + other.logs()[-3000:]
+            assert time.monotonic() < deadline, head.logs()[-3000:]
+            time.sleep(1)
+        worker = type("Worker", (), {"url": url})
+        reply = native(worker, JOB)
+        assert reply.status_code == 200 and reply.json()["output"][0]["text"], reply.text
+        assert chat(OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120))
+        logs = head.logs()
+        assert "node 0 of 2" in logs and "Worker_PP0" in logs, logs[-3000:]
+        assert "Worker_PP1" in other.logs(), other.logs()[-3000:]
+    finally:
+        for box in boxes:
+            box.remove()
+        h.docker("network", "rm", network, check=False)

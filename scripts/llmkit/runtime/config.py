@@ -17,7 +17,7 @@ import json
 import os
 import re
 
-from llmkit.runtime import kit_settings, logs, model_cache
+from llmkit.runtime import cluster, kit_settings, logs, model_cache
 from llmkit.runtime.errors import SettingsError
 from llmkit.runtime.vllm_api import (
     AsyncEngineArgs,
@@ -162,7 +162,8 @@ def engine_settings(environ, model, name, kit):
     actions = {a.dest.upper(): a for a in parser._actions if a.dest in own and a.option_strings}
     served = kit.model_id or name or os.path.basename(model.rstrip("/"))
     parser.set_defaults(model=model, served_model_name=[served] if served else None,
-                        **KIT_ENGINE_DEFAULTS)
+                        **KIT_ENGINE_DEFAULTS,
+                        **cluster.engine_defaults(environ, kit.cluster, ON_CPU))
     argv, used = [], {}
     for name, action in sorted(actions.items()):
         raw = environ.get(name, "").strip()
@@ -214,9 +215,10 @@ def compiled_for_pipeline_parallel(args, used):
 
 def local_ranks(args) -> int:
     """The engine processes that run the model on this machine: vLLM's ranks, data x
-    pipeline x tensor parallel (its CPU build binds cores to them in that order)."""
+    pipeline x tensor parallel over the nodes (its CPU build binds cores in that order)."""
     data = args.data_parallel_size_local or args.data_parallel_size
-    return data * args.pipeline_parallel_size * args.tensor_parallel_size
+    nodes = max(args.nnodes, 1)  # a multi-node engine's ranks are shared among its nodes
+    return max(data * args.pipeline_parallel_size * args.tensor_parallel_size // nodes, 1)
 
 
 def unknown_settings(environ, flags):

@@ -82,13 +82,20 @@ class Settings(BaseModel):
     port_health: int | None = Field(
         None, ge=1, le=65535, description="`lb` mode: the port of `/ping`; `PORT` if unset")
     host: str = Field("0.0.0.0", description="`lb` mode: the address the server listens on")
+    cluster: Literal["off", "ray", "vllm"] = Field(
+        "off", description="a Runpod Instant Cluster: node 0 serves one model across every "
+        "node, the others give it their GPUs. `ray`: on Ray, as Runpod documents; `vllm`: "
+        "vLLM's own multi-node processes, no Ray ([SCALING.md](SCALING.md#more-than-one-"
+        "node-instant-clusters))")
+    ray_port: int = Field(6379, ge=1, le=65535, description="`CLUSTER=ray`: the port of "
+                          "Ray's head on node 0")
     ssh_port: int = Field(22, ge=1, le=65535, description="pod mode: sshd's port")
     jupyter_port: int = Field(8888, ge=1, le=65535, description="pod mode: Jupyter Lab's port")
 
 
 # What start.sh takes, checked (`--shell`): never a secret, nothing it does not use.
 SHELL = ("mode_to_run", "concurrency_modifier", "ssh_port", "jupyter_port", "port",
-         "port_health")
+         "port_health", "cluster", "ray_port")
 VARIABLES = {name.upper() for name in Settings.model_fields}
 
 

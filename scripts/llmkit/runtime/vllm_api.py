@@ -101,6 +101,9 @@ TOUCHPOINTS = (
                                     "sanitize_message",),
                "vLLM's scrub of its messages (addresses, paths) before a client sees them",
                params=("message",)),
+    Touchpoint("run_headless", ("vllm.entrypoints.cli.serve:run_headless",),
+               "CLUSTER=vllm: a node other than 0 runs its ranks of node 0's engine",
+               params=("args",)),
 )
 _BY_NAME = {t.name: t for t in TOUCHPOINTS}
 _resolved: dict = {}
