@@ -51,8 +51,8 @@ TOY = {
     "test_images.py": """
         import pytest, time
         pytestmark = pytest.mark.image
-        def test_build(): time.sleep(0.3)
-        def test_run(): time.sleep(0.3)
+        def test_build(): time.sleep(0.8)  # the image group is its worker's longest:
+        def test_run(): time.sleep(0.8)    # the summary shows it whatever else ran there
         """,
     "test_host.py": """
         import time
