@@ -18,11 +18,12 @@ JOB = {"prompt": "The quick brown", "sampling_params": {"max_tokens": 8, "temper
 
 def seen(before=()) -> dict:
     """This process's engine: its ranks, its processes, the shared memory they map, and
-    which of ``before`` (an earlier engine's segments) still exist."""
+    which of ``before`` (an earlier engine's segments) still exist, not mapped by it."""
     pids = engine_processes(os.getpid())
+    mapped = shared_memory(pids)  # a new engine may reuse a name (vLLM's all-reduce's)
     return {"ranks": sorted(ranks(os.getpid()).values()), "pids": pids,
-            "segments": sorted(shared_memory(pids)),
-            "existing": sorted(s for s in before if os.path.exists(s))}
+            "segments": sorted(mapped),
+            "existing": sorted(s for s in before if os.path.exists(s) and s not in mapped)}
 
 
 def text() -> str:

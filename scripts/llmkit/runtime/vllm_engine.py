@@ -11,7 +11,7 @@ import multiprocessing
 import threading
 import time
 
-from llmkit.runtime import config, logs
+from llmkit.runtime import config, logs, watchdog
 from llmkit.runtime.config import Settings, vllm_message
 from llmkit.runtime.errors import SettingsError
 from llmkit.runtime.vllm_api import AsyncEngineArgs, AsyncLLMEngine
@@ -59,6 +59,7 @@ def shutdown_engine():
         if _engine is None:
             return
         started = time.monotonic()
+        engine_processes = watchdog.EngineProcesses()  # what a clean stop must leave gone
         try:
             _engine.shutdown()
         except Exception as error:  # going anyway: say so
@@ -66,6 +67,9 @@ def shutdown_engine():
                         f"{type(error).__name__}: {error}")
         _engine = _settings = None
         multiprocessing.active_children()  # reaps its ended processes (a notebook lives on)
+        # vLLM kills a process that is slow to stop (5 s, on a busy machine), which then
+        # cannot unlink its shared memory: the next engine must not start beside it.
+        engine_processes.clean_up()
         gc.collect()  # the front end's share: the tokenizer, the processors
         log.info(f"vLLM's engine shut down in {time.monotonic() - started:.1f} s")
 
