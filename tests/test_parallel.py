@@ -23,6 +23,7 @@ import psutil
 import pytest
 import requests
 from openai import OpenAI
+from test_reliability import wait_exited
 from test_reload_worker import install, source, versions_of, wait_serving
 
 from llmkit.endpoint.harness import EndpointProcess
@@ -164,15 +165,6 @@ def test_a_rank_killed_mid_job_fails_the_job_and_the_worker_leaves_nothing(tp2):
     assert {s for s in segments if os.path.exists(s)} == set()
     assert re.search(r"vLLM engine died \(.*Worker_TP1.*\): exiting", tp2.log_text()), \
         tp2.log_text()[-3000:]
-
-
-def wait_exited(endpoint, worker_id, timeout=60):
-    deadline = time.monotonic() + timeout
-    while (worker := next(w for w in endpoint.workers()
-                          if w["id"] == worker_id))["state"] != "exited":
-        assert time.monotonic() < deadline, worker
-        time.sleep(0.2)
-    return worker
 
 
 
