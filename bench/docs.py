@@ -15,6 +15,7 @@ TITLES = {
     "cold_start": "5. Cold start",
     "cpu_settings": "6. CPU settings",
     "openai_route": "7. The OpenAI route",
+    "first_text": "8. First text under load",
 }
 ORDER = list(TITLES)
 
@@ -55,6 +56,9 @@ def _section(name: str, res: dict, run: dict) -> str:
     body = body.replace("## ", "### ", 1)
     cmd = run["commands"][name]
     when = f" (ran {res['ran_at']})" if res.get("ran_at") else ""
+    machine = res.get("machine", {}).get("description")
+    if machine and machine != run["machine"]["description"]:  # kept from another machine
+        when = when[:-1] + f", on {machine})" if when else f" (on {machine})"
     return f"{body}\n\nReproduce: `{cmd}`{when}"
 
 
@@ -195,6 +199,7 @@ def findings(results: dict) -> str:
             f"{off_here.get('mean_delay_ms', 0) / 1e3:.1f} s. Posts are capped at 2 per "
             "second per job after the first second (STREAM_INTERVAL_MS=0 gives DELTA "
             "alone).")
+    items += first_text_findings(results.get("first_text", {}))
     cold = [x for x in results.get("cold_start", {}).get("cases", []) if x["path"] == "handler"]
     if cold:
         kit = ", ".join(f"{x['kit_s']:.1f} s of {x['ready_s']:.0f} s ({x['model']})"
@@ -249,6 +254,29 @@ def findings(results: dict) -> str:
     if not items:
         return ""
     return "### What the figures say\n\n" + "\n\n".join(f"- {x}" for x in items)
+
+
+def first_text_findings(ft: dict) -> list[str]:
+    kit = (ft.get("timeline") or {}).get("kit worker", {}).get("steps_ms", {})
+    if not ft.get("rows") or None in (kit.get("engine-in"), kit.get("engine-out"),
+                                      kit.get("client")):
+        return []
+    n = max(ft["levels"])
+    k, v = ft["rows"][f"{n}|kit worker"], ft["rows"][f"{n}|vllm serve proxy"]
+    return [
+        f"**First text under load.** {n} streams submitted at once: the kit's first text "
+        f"reached the client after {k['first_p50_ms']:.0f} ms (p50; p95 "
+        f"{k['first_p95_ms']:.0f} ms), against {v['first_p50_ms']:.0f} ms (p95 "
+        f"{v['first_p95_ms']:.0f} ms) through a worker that forwards to `vllm serve` on the "
+        f"same flags, as Runpod's official worker does. In the kit's worker a job waited "
+        f"{kit['engine-in']:.0f} ms before vLLM had its request (the take, the task's "
+        f"start, the chat template) and {kit['client'] - kit['engine-out']:.0f} ms after "
+        f"vLLM's first output (the stream post and the client's read); the other "
+        f"{kit['engine-out'] - kit['engine-in']:.0f} ms were vLLM's. vLLM runs the first "
+        "request of a burst alone in its first step and the rest together in the next, "
+        "behind either worker, so a burst's first text costs about one prefill of all its "
+        "prompts (docs/WORKER_LOOP.md has the timeline and what a smaller "
+        "MAX_NUM_BATCHED_TOKENS does to it)."]
 
 
 def targets(results: dict) -> str:

@@ -19,14 +19,15 @@ class BenchEndpoint:
     """`python -m llmkit.endpoint` with SDK workers running handler.py in production."""
 
     def __init__(self, concurrency: int, log_dir: Path, handler_path: Path = HANDLER,
-                 workers: int = 1, env: dict[str, str] | None = None) -> None:
+                 workers: int = 1, env: dict[str, str] | None = None,
+                 name: str = "endpoint") -> None:
         self.concurrency, self.workers = concurrency, workers
         # env: for the endpoint and its workers, e.g. WORKER_LOOP=sdk
-        tag = "".join(f"-{v.lower()}" for _, v in sorted((env or {}).items()))
+        tag = "".join(f"-{k.lower()}-{v.lower()}" for k, v in sorted((env or {}).items()))
         self.process = EndpointProcess(
             workers=workers, concurrency=concurrency, handler=handler_path,
             model=os.environ["MODEL"], endpoint_id="bench", env=env,
-            log_path=log_dir / f"endpoint-c{concurrency}-w{workers}{tag}.log")
+            log_path=log_dir / f"{name}-c{concurrency}-w{workers}{tag}.log")
         self.log_path = self.process.log_path
         self.session: aiohttp.ClientSession | None = None
         self.start_s = 0.0
@@ -63,7 +64,7 @@ class BenchEndpoint:
             body = await r.json()
             if r.status != 200:
                 raise EndpointError(f"/run answered {r.status}: {body}")
-        job_id = body["id"]
+        job_id = st.job_id = body["id"]
         while True:
             async with self.session.get(f"{self.url}/stream/{job_id}") as r:
                 body = await r.json()

@@ -1,8 +1,9 @@
 """Run every benchmark in one go (`make bench`), sharing engines between them.
 
-The two that need fresh processes (cold start, CPU settings) run first, as their own
-scripts, while nothing else runs. Then one in-process engine and the local endpoints
-(CONCURRENCY_MODIFIER 1 and 16) serve the other five. With --write-docs the figures
+The three that need fresh processes (cold start, CPU settings, first text: each starts
+its own engines, one at a time) run first, as their own scripts, while nothing else
+runs. Then one in-process engine and the local endpoints (CONCURRENCY_MODIFIER 1 and 16)
+serve the other five. With --write-docs the figures
 go to docs/BENCHMARKS.md and docs/concurrency.png, and all numbers to
 bench/results/latest.json.
 
@@ -22,7 +23,7 @@ from pathlib import Path
 
 from bench import machine, runner, stats
 
-SUBPROCESS = ["cold_start", "cpu_settings"]
+SUBPROCESS = ["cold_start", "cpu_settings", "first_text"]
 IN_PROCESS = ["handler_overhead", "ttft_chunks", "worker_loop", "concurrency", "openai_route"]
 ALL = SUBPROCESS[:1] + IN_PROCESS + SUBPROCESS[1:]
 
@@ -143,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             if name not in results and name in previous:
                 results[name] = previous[name]
                 results[name].setdefault("ran_at", previous["_run"]["date"])
+                results[name].setdefault("machine", previous["_run"]["machine"])
         engine_starts = {**previous["_run"].get("engine_starts_s", {}), **engine_starts}
     merged = sorted(n for n in ALL if n in results and n not in only)
     info = {"merged": merged, "machine": machine.machine(), "model": runner.model_label(args),

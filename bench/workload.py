@@ -54,10 +54,21 @@ class JobStats:
     chunk_times: list[float] = field(default_factory=list)
     chunk_tokens: list[int] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
+    job_id: str = ""                  # the endpoint's id for it, where there is one
+    wall_start: float = field(default_factory=time.time)  # to line up with a worker's trace
 
     @property
     def text(self) -> str:
         return "".join(self.texts)
+
+    @property
+    def wall_first(self) -> float | None:
+        return None if self.first is None else self.wall_start + self.first - self.start
+
+    @property
+    def gaps(self) -> list[float]:
+        """Seconds between successive chunks' arrivals."""
+        return [b - a for a, b in zip(self.chunk_times, self.chunk_times[1:], strict=False)]
 
     @property
     def latency(self) -> float:

@@ -17,7 +17,7 @@ from bench import ttft_chunks  # noqa: E402
 
 HEADINGS = ["## 1. Handler overhead", "## 2. Worker loop overhead", "## 3. Concurrency scaling",
             "## 4. Time to first token", "## 5. Cold start", "## 6. CPU settings",
-            "## 7. The OpenAI route"]
+            "## 7. The OpenAI route", "## 8. First text under load"]
 
 
 @pytest.mark.engine
@@ -54,6 +54,13 @@ def test_every_benchmark_runs_quick_and_prints_its_figures(tmp_path, tiny_model_
     assert results["cpu_settings"]["rows"][0]["b16_tok_s"] > 0
     route = results["openai_route"]["rows"]["2 client(s): OpenAI route (SSE stream)"]
     assert route["tok_s"] > 0 and route["chunks"] >= 1
+    first = results["first_text"]  # the kit's worker beside the `vllm serve` proxy worker
+    for worker in ("kit worker", "vllm serve proxy"):
+        row = first["rows"][f"4|{worker}"]
+        assert row["jobs"] == 4 and 0 < row["first_p50_ms"] <= row["first_p95_ms"], row
+        steps = first["timeline"][worker]["steps_ms"]  # each step traced, in order
+        order = [steps[s] for s in ("fetched", "started", "engine-in", "first-text", "client")]
+        assert None not in order and order == sorted(order), steps
 
 
 def test_chunking_policies_on_a_token_timeline():

@@ -131,3 +131,41 @@ def test_rounds_by_clients_interleave_each_variant_and_rows_take_medians():
     rows = workload.round_rows(rounds)
     assert rows["2 client(s): b"]["jobs"] == 8 and rows["1 client(s): a"]["chunks"] == 2
     assert rows["1 client(s): a"]["ttft_ms"] < 1000
+
+
+def test_first_text_timeline_lines_up_a_workers_trace_with_the_clients_jobs(tmp_path):
+    from bench import first_text
+    from bench.workload import JobStats
+
+    log = tmp_path / "worker.log"
+    log.write_text("\n".join([
+        "[worker-1] old line before the mark",
+        "[worker-1] loop-trace 100.0200 fetch 16",
+        "[worker-1] loop-trace 100.0300 fetched a,b",
+        "[worker-1] some vLLM warning without a newline[worker-1] loop-trace 100.0400 started a",
+        "[worker-1] loop-trace 100.0450 started b",
+        "[worker-1] loop-trace 100.0500 engine-in a",
+        "[worker-1] loop-trace 100.0600 engine-in b",
+        "[worker-1] loop-trace 100.5000 engine-out a",
+        "[worker-1] loop-trace 100.5000 first-text a",
+        "[worker-1] loop-trace 100.5010 post a",
+        "[worker-1] loop-trace 100.5100 posted a",
+        "[worker-1] loop-trace 100.6000 post a",  # a later post: not the first
+        "[worker-1] loop-trace 100.7000 engine-out b",
+    ]) + "\n")
+    mark = len("[worker-1] old line before the mark\n")
+
+    def job(job_id, first_after):
+        j = JobStats(start=0.0, first=first_after, job_id=job_id)
+        j.wall_start = 100.0
+        return j
+
+    rounds = [(1.0, [job("a", 0.52), job("b", 0.8)])]
+    t = first_text.timeline_of(log, mark, rounds)
+    assert t["streams"] == 2 and t["takes"] == 1
+    assert [round(x * 1e3) for x in t["at_s"]["fetched"]] == [30, 30]
+    assert [round(x * 1e3) for x in t["at_s"]["post"]] == [501]  # b never posted
+    merged = first_text.merge([t, t])
+    assert merged["jobs"] == 4 and merged["rounds"] == 2 and merged["takes"] == 2
+    assert merged["steps_ms"]["engine-in"] == pytest.approx(55)
+    assert merged["max_ms"]["client"] == pytest.approx(800)

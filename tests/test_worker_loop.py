@@ -21,7 +21,7 @@ import pytest
 from llmkit import tiny_model
 from llmkit.endpoint.harness import EndpointProcess
 from llmkit.processes import alive
-from llmkit.runtime import errors, worker_loop
+from llmkit.runtime import errors, timeline, worker_loop
 
 pytest_plugins = ["endpoint_fixtures"]
 
@@ -115,6 +115,26 @@ def test_concurrent_submits_run_at_once_and_nothing_is_lost_or_repeated(tmp_path
         running += step
         peak = max(peak, running)
     assert 2 <= peak <= 4, peak
+
+
+def test_worker_loop_trace_logs_each_step_of_a_job_in_order(tmp_path, fake_handler):
+    endpoint = EndpointProcess(workers=1, concurrency=2, handler=fake_handler,
+                               model=tiny_model.build(), log_path=tmp_path / "endpoint.log",
+                               endpoint_id="loop", env={"WORKER_LOOP_TRACE": "1"}).start()
+    try:
+        endpoint.wait_workers(timeout=120)
+        job_id = endpoint.run({"chunks": 3, "delay": 0.02})
+        assert endpoint.wait_status(job_id, timeout=60)["status"] == "COMPLETED"
+        endpoint.wait_for_log(f"loop-trace [0-9.]+ ended {job_id}", timeout=10)
+        log = endpoint.log_text()
+    finally:
+        endpoint.stop()
+    steps = [(t, name) for t, name, detail in timeline.parse(log.splitlines())
+             if job_id in detail.split(",")]
+    names = [name for _, name in steps]
+    assert names[:2] == ["fetched", "started"] and names[-1] == "ended", names
+    assert names.count("post") == names.count("posted") == 3, names  # one per chunk
+    assert [t for t, _ in steps] == sorted(t for t, _ in steps)
 
 
 def test_an_empty_queue_is_long_polled_not_hammered(tmp_path, fake_handler):

@@ -21,7 +21,7 @@ import asyncio
 import time
 import uuid
 
-from llmkit.runtime import logs, vllm_app, vllm_engine
+from llmkit.runtime import logs, timeline, vllm_app, vllm_engine
 from llmkit.runtime.errors import InputError
 from llmkit.runtime.inputs import Request
 from llmkit.runtime.sampling import (
@@ -61,11 +61,17 @@ async def generate(request: Request):
     request_id = f"{request.job_id}-{uuid.uuid4().hex[:8]}"
     done = tie_to_job(engine, request_id, request.job_id)
     lora = {"lora_request": adapter} if adapter else {}
+    timeline.event("engine-in", request.job_id)
     outputs = _vllm_outputs(engine.generate({"prompt_token_ids": ids}, params, request_id, **lora),
-                            [f for f in PROCESSOR_CHECKS if f in request.sampling])
+                            [f for f in PROCESSOR_CHECKS if f in request.sampling],
+                            request.job_id)
     pieces = _with_usage(outputs, len(ids))
     if request.stream:
+        first = True
         async for text, final in gap_batched(pieces, settings.kit, on_end=done):
+            if first:
+                timeline.event("first-text", request.job_id)
+                first = False
             yield Text(text, final)
     else:
         text, final = "", None
@@ -160,10 +166,14 @@ async def gap_batched(pieces, kit, on_end=None):
         yield pending, None
 
 
-async def _vllm_outputs(outputs, checked_fields):
+async def _vllm_outputs(outputs, checked_fields, job_id=""):
     """vLLM's outputs; a request vLLM refuses (it names the field) becomes an InputError."""
     try:
+        first = True
         async for output in outputs:
+            if first:
+                timeline.event("engine-out", job_id)
+                first = False
             yield output
     except VLLMClientError as err:
         raise InputError(vllm_error_message(err, fields=checked_fields)) from None

@@ -64,8 +64,9 @@ class Settings(BaseModel):
         "kit", description="`kit`: the SDK's loop with the kit's fetch timing; `sdk`: the "
         "SDK's own loop, unchanged ([RUNTIME.md](RUNTIME.md#the-worker-loop))")
     worker_loop_trace: bool = Field(
-        False, description="the kit's loop logs each job's end, take and start, and each "
-        "fetch, with the time (to trace a slow hand-over)")
+        False, description="one line per step of each job, with the time: take, start, "
+        "hand-over to vLLM, vLLM's first output, first text, each stream post, end "
+        "([WORKER_LOOP.md](WORKER_LOOP.md#where-a-jobs-first-text-waits))")
     model_id: str = Field(
         "", description="the repo id a baked model came from (set by the image); the "
         "served model name when `SERVED_MODEL_NAME` is not set")

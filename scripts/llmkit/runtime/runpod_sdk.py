@@ -36,6 +36,9 @@ TOUCHPOINTS = (
                "rp_scale.JobScaler puts the kit's loop in"),
     Touchpoint("runpod.serverless.modules.rp_scale:log", "worker_loop.py",
                "the SDK's logger, so the kit's loop logs as the SDK's does"),
+    Touchpoint("runpod.serverless.modules.rp_job:stream_result", "worker_loop.py",
+               "handle_job posts each streamed chunk through it: WORKER_LOOP_TRACE times "
+               "each post (timeline.py)"),
     Touchpoint("runpod.serverless.modules.worker_state:JobsProgress", "lifecycle.py",
                "its _instance, the set of jobs in progress: the kit's heartbeat names them, "
                "as the SDK's own does"),

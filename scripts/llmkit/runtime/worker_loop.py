@@ -29,10 +29,8 @@ import asyncio
 import contextlib
 import inspect
 import os
-import sys
-import time
 
-from llmkit.runtime import kit_settings, runpod_sdk
+from llmkit.runtime import kit_settings, runpod_sdk, timeline
 from llmkit.runtime.errors import UnknownSDK
 
 # The SDK whose JobScaler internals the kit's loop was written against (runpod_sdk.py
@@ -90,9 +88,9 @@ def kit_job_scaler(base):
             super().__init__(config)
             self._job_ended = asyncio.Event()
             self._taking = True  # get_jobs runs: it may still queue a job it took
-            if kit_settings.get("worker_loop_trace"):
-                self._trace = _trace
+            if timeline.enable():  # WORKER_LOOP_TRACE
                 self.jobs_fetcher = _traced_fetcher(self.jobs_fetcher)
+                _trace_posts()
             self.jobs_fetcher = self._until_shutdown(self.jobs_fetcher)
             self.stop_signals_fetcher = self._until_shutdown(self.stop_signals_fetcher)
 
@@ -149,15 +147,12 @@ def kit_job_scaler(base):
                     await asyncio.wait_for(self._job_ended.wait(), 1.0)
                 await super().set_scale()
 
-        def _trace(self, event, job_id=""):
-            pass  # replaced by the module's _trace when WORKER_LOOP_TRACE is on
-
         async def handle_job(self, session, job):
             try:
                 await super().handle_job(session, job)
             finally:
                 self._job_ended.set()  # after the SDK's own clean-up: the slot is free
-                self._trace("ended", job["id"])
+                timeline.event("ended", job["id"])
 
         async def run_jobs(self, session):
             # The SDK's run_jobs, woken by a queued job instead of a 0.1 s tick. The
@@ -192,7 +187,7 @@ def kit_job_scaler(base):
                               f"{result}")
 
         def _start_job(self, session, job):
-            self._trace("started", job["id"])
+            timeline.event("started", job["id"])
             task = asyncio.create_task(self.handle_job(session, job))
             self.jobs_tasks[job["id"]] = task
             return task
@@ -201,17 +196,30 @@ def kit_job_scaler(base):
     return KitJobScaler
 
 
-def _trace(event, job_id=""):
-    print(f"loop-trace {time.time():.4f} {event} {job_id}", file=sys.stderr, flush=True)
-
-
 def _traced_fetcher(fetch):
     async def traced(session, count):
-        _trace("fetch", count)
+        timeline.event("fetch", count)
         jobs = await fetch(session, count)
-        _trace("fetched", ",".join(job["id"] for job in jobs or ()))
+        timeline.event("fetched", ",".join(job["id"] for job in jobs or ()))
         return jobs
     return traced
+
+
+def _trace_posts():
+    """Each stream post of the SDK's handle_job (rp_job.stream_result), timed."""
+    from runpod.serverless.modules import rp_job
+
+    post = rp_job.stream_result
+    if getattr(post, "traced", False):
+        return
+
+    async def traced(session, output, job):
+        timeline.event("post", job["id"])
+        await post(session, output, job)
+        timeline.event("posted", job["id"])
+
+    traced.traced = True
+    rp_job.stream_result = traced
 
 
 def install(runpod):
